@@ -1,0 +1,124 @@
+"""The per-agent network: what one agent runs, ``(obs, prev_action, hidden) -> (scores, hidden')``.
+
+One module serves every algorithm's decentralized part: the recurrent Q-agent of
+QTRAN / ReMIX / VDN / QMIX (scores = Q-values) and the decentralized actors of MAPPO and
+TAD-PPO (scores = logits). Input = own observation, one-hot previous own action, one-hot
+agent id (parameter sharing across agents); MLP -> GRU cell -> linear head. The hidden state
+is passed in and out explicitly, never stored on the module, so the same module is what
+training batches over ``B*N`` rows, what ONNX export traces and what a service runs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AgentNetConfig:
+    """Shape of the per-agent network (saved in checkpoints and ONNX metadata)."""
+
+    obs_dim: int
+    """Length of one agent's observation vector."""
+    n_actions: int
+    """Number of discrete actions (length of the score vector)."""
+    n_agents: int
+    """Number of agents sharing the parameters (size of the agent-id one-hot)."""
+    hidden_dim: int = 64
+    """Width of the MLP and of the GRU state H."""
+    recurrent: bool = True
+    """GRU cell when True; a feed-forward layer (hidden passed through unchanged) when False."""
+    prev_action_input: bool = True
+    """Feed the one-hot previous own action (zeros at the first step)."""
+    agent_id_input: bool = True
+    """Feed the one-hot agent id (parameter sharing with specialisation)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AgentNet(nn.Module):
+    """MLP -> GRU -> scores per action, for one agent row at a time (batched over rows)."""
+
+    def __init__(self, config: AgentNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        in_dim = config.obs_dim
+        in_dim += config.n_actions if config.prev_action_input else 0
+        in_dim += config.n_agents if config.agent_id_input else 0
+        self.fc_in = nn.Linear(in_dim, config.hidden_dim)
+        if config.recurrent:
+            self.rnn: nn.Module = nn.GRUCell(config.hidden_dim, config.hidden_dim)
+        else:
+            self.rnn = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.head = nn.Linear(config.hidden_dim, config.n_actions)
+        # Observation normalisation baked into the network (identity unless set by a trainer).
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.config.hidden_dim
+
+    def initial_hidden(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.zeros(batch, self.config.hidden_dim, device=device)
+
+    def forward(
+        self,
+        obs_BO: torch.Tensor,
+        prev_action_B: torch.Tensor,
+        agent_id_B: torch.Tensor,
+        hidden_BH: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[B, A]`` and the next hidden state ``[B, H]``.
+
+        ``prev_action_B`` is int64 with -1 meaning "no previous action" (first step);
+        ``agent_id_B`` is int64 in ``[0, n_agents)``.
+        """
+        cfg = self.config
+        x = [(obs_BO - self.obs_mean) / self.obs_std]
+        if cfg.prev_action_input:
+            # one_hot(-1) is not defined: shift by one and drop the "none" column.
+            x.append(F.one_hot(prev_action_B + 1, cfg.n_actions + 1)[:, 1:].to(obs_BO.dtype))
+        if cfg.agent_id_input:
+            x.append(F.one_hot(agent_id_B, cfg.n_agents).to(obs_BO.dtype))
+        h = F.relu(self.fc_in(torch.cat(x, dim=-1)))
+        if cfg.recurrent:
+            hidden_out_BH = self.rnn(h, hidden_BH)
+        else:
+            hidden_out_BH = F.relu(self.rnn(h))
+        return self.head(hidden_out_BH), hidden_out_BH
+
+
+def masked_greedy(scores_BA: torch.Tensor, avail_BA: torch.Tensor) -> torch.Tensor:
+    """Greedy action among available ones (never an unavailable action)."""
+    return scores_BA.masked_fill(~avail_BA, float("-inf")).argmax(dim=-1)
+
+
+class GreedyAgentPolicy(nn.Module):
+    """One agent's deployable policy: the shared network with its agent id baked in.
+
+    Signature of the ONNX agent model contract (DESIGN.md):
+    ``(obs [B,O] f32, prev_action [B] i64, avail_actions [B,A] bool, hidden [B,H] f32)
+    -> (action [B] i64, scores [B,A] f32, hidden_out [B,H] f32)``.
+    """
+
+    def __init__(self, net: AgentNet, agent_index: int) -> None:
+        super().__init__()
+        if not 0 <= agent_index < net.config.n_agents:
+            raise ValueError(f"agent index {agent_index} outside [0, {net.config.n_agents})")
+        self.net = net
+        self.agent_index = agent_index
+
+    def forward(
+        self,
+        obs: torch.Tensor,
+        prev_action: torch.Tensor,
+        avail_actions: torch.Tensor,
+        hidden: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        agent_id = torch.full_like(prev_action, self.agent_index)
+        scores, hidden_out = self.net(obs, prev_action, agent_id, hidden)
+        return masked_greedy(scores, avail_actions), scores, hidden_out

@@ -1,0 +1,1 @@
+"""marlctl.envs"""

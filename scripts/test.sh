@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# test.sh - set everything up (idempotent), then run the whole pytest suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envs`).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+export PATH="$ROOT/.venv/bin:$PATH"
+set +e
+python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  # pytest exits 5 when it collected no test: for this project that means the suite is broken.
+  echo "test.sh: pytest collected no tests - treating that as a failure" >&2
+  exit 1
+fi
+exit "$rc"
