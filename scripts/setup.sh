@@ -51,7 +51,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marlc
   exit 0
 fi
 
-"${PIP[@]}" --upgrade pip "setuptools>=68,<80" wheel psutil six
+"${PIP[@]}" --upgrade pip "setuptools>=77,<80" wheel psutil six
 python -c "import torch; assert torch.__version__.startswith('2.13.0')" 2>/dev/null || {
   say "installing torch==2.13.0"; "${PIP[@]}" torch==2.13.0; }
 
