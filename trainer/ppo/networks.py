@@ -1,0 +1,115 @@
+"""Actor and critic networks of MAPPO and TAD-PPO (parameter sharing across agents, one-hot agent ids)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+from marlctl.trainer.ppo.attention import PrecedingActionAttention
+from torch import nn
+
+
+def run_agents(
+    net: AgentNet, obs_BNO: torch.Tensor, prev_action_BN: torch.Tensor, hidden_BNH: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared per-agent network over all ``N`` agents of ``B`` envs: scores ``[B, N, A]``, hidden ``[B, N, H]``."""
+    B, N, obs_dim = obs_BNO.shape
+    ids_BN = torch.arange(N, device=obs_BNO.device).expand(B, N)
+    scores, hidden = net(
+        obs_BNO.reshape(B * N, obs_dim), prev_action_BN.reshape(B * N), ids_BN.reshape(B * N),
+        hidden_BNH.reshape(B * N, -1),
+    )
+    return scores.view(B, N, -1), hidden.view(B, N, -1)
+
+
+class CentralCritic(nn.Module):
+    """MAPPO's centralized critic: ``V_i(s)`` from the global state and agent ``i``'s one-hot id (shared MLP)."""
+
+    def __init__(self, state_dim: int, n_agents: int, hidden_dim: int = 64) -> None:
+        super().__init__()
+        self.n_agents = n_agents
+        self.net = nn.Sequential(
+            nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 1),
+        )
+
+    def forward(self, state_BS: torch.Tensor) -> torch.Tensor:
+        """Values ``[B, N]`` (normalized units when the trainer uses value normalization)."""
+        B, S = state_BS.shape
+        ids_NN = torch.eye(self.n_agents, device=state_BS.device)
+        x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
+        return self.net(x).squeeze(-1)
+
+
+class TADActor(nn.Module):
+    """TAD-PPO's actor (Fig. 1): the decentralized ``AgentNet`` (own observation, own previous action,
+    agent id -> MLP -> GRU -> head: TAD-PPO's distilled policy ``pi_E``) whose representation layer and
+    GRU are shared with the coordination policy ``pi_T(a_i | tau_i, a_<i)`` = head over
+    ``[h_i, attention(h_i, a_<i)]`` (TAD-PPO-T). Only ``decentralized`` is exported and served."""
+
+    def __init__(self, config: AgentNetConfig, n_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.decentralized = AgentNet(config)
+        H, A = config.hidden_dim, config.n_actions
+        self.attention = PrecedingActionAttention(H, A, config.n_agents, n_heads, head_dim, mlp_dim=H)
+        self.coord_head = nn.Sequential(nn.Linear(H + self.attention.out_dim, H), nn.ReLU(), nn.Linear(H, A))
+
+    def encode(
+        self, obs_BNO: torch.Tensor, prev_action_BN: torch.Tensor, hidden_BNH: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decentralized logits ``[B, N, A]`` and the GRU output ``h`` ``[B, N, H]`` (also the next hidden)."""
+        return run_agents(self.decentralized, obs_BNO, prev_action_BN, hidden_BNH)
+
+    def coord_logits(self, h_BNH: torch.Tensor, actions_BN: torch.Tensor) -> torch.Tensor:
+        """``pi_T`` logits ``[B, N, A]`` of every agent given the joint action's preceding part (training)."""
+        return self.coord_head(torch.cat([h_BNH, self.attention(h_BNH, actions_BN)], dim=-1))
+
+    def coord_logits_agent(self, h_BH: torch.Tensor, preceding_actions_BM: torch.Tensor) -> torch.Tensor:
+        """``pi_T`` logits ``[B, A]`` of agent ``M`` given the ``M`` actions already chosen (sequential inference)."""
+        return self.coord_head(torch.cat([h_BH, self.attention.forward_agent(h_BH, preceding_actions_BM)], dim=-1))
+
+
+class TADCritic(nn.Module):
+    """TAD-PPO's critic on the transformed MDP: ``V(s, a_<i)`` for virtual step ``i`` from the global
+    state, agent ``i``'s id and attention over the preceding agents' actions."""
+
+    def __init__(self, state_dim: int, n_agents: int, n_actions: int, n_heads: int, head_dim: int,
+                 hidden_dim: int = 64) -> None:
+        super().__init__()
+        self.n_agents = n_agents
+        self.base = nn.Sequential(
+            nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+        )
+        self.attention = PrecedingActionAttention(hidden_dim, n_actions, n_agents, n_heads, head_dim, hidden_dim)
+        self.head = nn.Sequential(
+            nn.Linear(hidden_dim + self.attention.out_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
+        )
+
+    def _base(self, state_BS: torch.Tensor) -> torch.Tensor:
+        B, S = state_BS.shape
+        ids_NN = torch.eye(self.n_agents, device=state_BS.device)
+        x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
+        return self.base(x)  # [B, N, H]
+
+    def forward(self, state_BS: torch.Tensor, actions_BN: torch.Tensor) -> torch.Tensor:
+        """``V(s, a_<i)`` for every virtual step ``i``: ``[B, N]``."""
+        h_BNH = self._base(state_BS)
+        return self.head(torch.cat([h_BNH, self.attention(h_BNH, actions_BN)], dim=-1)).squeeze(-1)
+
+    def first_value(self, state_BS: torch.Tensor) -> torch.Tensor:
+        """``V(s, a_<0)`` (first virtual step of an env step, nothing chosen yet): ``[B]``."""
+        h_BH = self._base(state_BS)[:, 0]
+        empty = torch.zeros(state_BS.shape[0], 0, dtype=torch.long, device=state_BS.device)
+        return self.head(torch.cat([h_BH, self.attention.forward_agent(h_BH, empty)], dim=-1)).squeeze(-1)
+
+
+def masked_logits(logits_BA: torch.Tensor, avail_BA: torch.Tensor) -> torch.Tensor:
+    """Unavailable actions get a logit of -1e10 (probability 0, finite gradients)."""
+    return logits_BA.masked_fill(~avail_BA, -1e10)
+
+
+def sample_actions(logits_BA: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One sample per row of a categorical given by (masked) logits, from a dedicated generator."""
+    probs = F.softmax(logits_BA, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
