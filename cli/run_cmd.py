@@ -1,6 +1,190 @@
-"""marlctl CLI commands (not yet written; the owning change fills this module)."""
+"""`marlctl run`, `marlctl eval`, `marlctl replay`: live episodes via agent services, in-process evaluation, replay."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
 import typer
+from marlctl.cli.common import console, err_console, handle_user_errors
+from rich.table import Table
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def print_summary(summary: Any, title: str, agent_labels: list[str]) -> None:
+    """One-screen Rich summary of an ``EpisodeSummary``."""
+    s = summary
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("episodes", f"{s.episodes} finished, {s.aborted} aborted, {s.degraded} degraded"
+                  f"  ({s.wall_seconds:.1f} s)")
+    lo, hi = s.win_rate_ci
+    table.add_row("win rate", f"{_fmt(s.win_rate)}  (95% Wilson CI {_fmt(lo)} .. {_fmt(hi)}; {s.wins} wins)")
+    lo, hi = s.return_ci
+    table.add_row("mean return", f"{_fmt(s.mean_return)}  (95% t CI {_fmt(lo)} .. {_fmt(hi)})")
+    table.add_row("episode length", f"{_fmt(s.mean_length, 1)} steps (mean)")
+    for i, (p50, p99) in sorted(s.latency_ms.items()):
+        label = agent_labels[i] if i < len(agent_labels) else ""
+        table.add_row(f"agent {i} latency", f"p50 {_fmt(p50)} ms, p99 {_fmt(p99)} ms  {label}")
+    if s.fallbacks:
+        text = ", ".join(f"agent {a} {r}: {c}" for (a, r), c in sorted(s.fallbacks.items()))
+        table.add_row("fallbacks", f"[yellow]{text}[/]")
+    else:
+        table.add_row("fallbacks", "none")
+    console.print(table)
+
+
+def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is None:
+        return
+    from marlctl.agents.onnx_io import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, doc)
+
+
+def _progress(total: int, label: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[last]}"), console=console, transient=False,
+                    disable=not console.is_terminal)
+
+
+@handle_user_errors
+def run(
+    env: str = typer.Option(..., "--env", help="Environment id, e.g. matrix:qtran, smax:3m, grf:academy_3_vs_1_with_keeper."),
+    agents: str = typer.Option(..., "--agents", help="host:port of each agent service, comma-separated, in agent order."),
+    episodes: int = typer.Option(10, help="Episodes to run."),
+    concurrency: int = typer.Option(1, help="Episodes in flight at once."),
+    seed: int = typer.Option(0, help="Episode i uses env seed SEED+i."),
+    record: Path | None = typer.Option(None, "--record", help="Directory for one record file per episode."),
+    record_obs: bool = typer.Option(False, "--record-obs", help="Also record observations and avail masks."),
+    timeout_ms: float = typer.Option(1000.0, "--timeout-ms", help="Deadline of one agent decision."),
+    on_agent_failure: str = typer.Option("fail", "--on-agent-failure", help="fail (abort the episode) | noop | random."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Expose runner metrics on this port."),
+    connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for every service's GetSpec."),
+    step_interval_ms: float = typer.Option(0.0, "--step-interval-ms", help="Real-time pacing: min ms between steps."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
+) -> None:
+    """Run live episodes whose agents are gRPC agent services (one per agent); print a summary.
+
+    Exit code 0, or 1 when an episode was aborted (--on-agent-failure fail), 2 on bad input.
+    """
+    from marlctl.serving.runner import EpisodeRunner, RunConfig
+
+    addresses = tuple(a.strip() for a in agents.split(",") if a.strip())
+    config = RunConfig(env_id=env, agents=addresses, episodes=episodes, concurrency=concurrency, seed=seed,
+                       record_dir=record, record_obs=record_obs, timeout_ms=timeout_ms,
+                       on_agent_failure=on_agent_failure, connect_timeout_s=connect_timeout,
+                       step_interval_ms=step_interval_ms)
+    with _progress(episodes, f"run {env}") as progress:
+        task = progress.add_task("episodes", total=episodes, last="")
+
+        def done(rec: Any) -> None:
+            o = rec.outcome
+            progress.update(task, advance=1, last="aborted" if o.aborted else f"return {o.episode_return:.2f}")
+
+        runner = EpisodeRunner(config, metrics_port=metrics_port, on_episode=done)
+        result = runner.run()
+    for rec in result.records:
+        if rec.outcome.aborted:
+            err_console.print(f"[red]episode {rec.episode_index} (seed {rec.seed}) aborted:[/] {rec.outcome.error}")
+    specs = result.agent_specs
+    labels = [f"[dim]{a} {s.get('algorithm', '')} {s.get('model_sha256', '')[:12]}[/]" for a, s in zip(addresses, specs, strict=True)]
+    print_summary(result.summary, f"marlctl run {env}: {len(addresses)} agent services", labels)
+    if record is not None:
+        console.print(f"records: {len(result.record_paths)} files in {record}")
+    _write_json(summary_json, {"env_id": env, "agents": list(addresses), **result.summary.to_dict()})
+    if result.summary.aborted:
+        raise typer.Exit(1)
+
+
+@handle_user_errors
+def eval_(
+    model_dir: Path = typer.Argument(..., help="Exported model dir (manifest.json + agent_<i>.onnx)."),
+    env: str | None = typer.Option(None, "--env", help="Environment id (default: the one the model was trained on)."),
+    episodes: int = typer.Option(10, help="Episodes to run."),
+    seed: int = typer.Option(0, help="Episode i uses env seed SEED+i."),
+    record: Path | None = typer.Option(None, "--record", help="Directory for one record file per episode."),
+    record_obs: bool = typer.Option(False, "--record-obs", help="Also record observations and avail masks."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
+) -> None:
+    """Evaluate a model dir with in-process ONNX Runtime agents (no network); the same summary as `run`."""
+    from marlctl.serving.evaluate import EvalConfig, evaluate, manifest_env_id
+
+    env_id = env or manifest_env_id(model_dir)
+    config = EvalConfig(model_dir=model_dir, env_id=env_id, episodes=episodes, seed=seed, record_dir=record,
+                        record_obs=record_obs)
+    with _progress(episodes, f"eval {env_id}") as progress:
+        task = progress.add_task("episodes", total=episodes, last="")
+        result = evaluate(config, on_episode=lambda rec: progress.update(
+            task, advance=1, last=f"return {rec.outcome.episode_return:.2f}"))
+    print_summary(result.summary, f"marlctl eval {model_dir} on {env_id} (in-process ONNX Runtime)",
+                  ["[dim]ONNX Runtime in process[/]"] * len(result.summary.latency_ms))
+    if record is not None:
+        console.print(f"records: {len(result.record_paths)} files in {record}")
+    _write_json(summary_json, {"env_id": env_id, "model_dir": str(model_dir), **result.summary.to_dict()})
+
+
+@handle_user_errors
+def replay(
+    records: list[Path] = typer.Argument(..., help="Episode record files or directories of them."),
+    model: Path | None = typer.Option(None, "--model", help="Re-decide every step with this model dir (in-process ONNX Runtime)."),
+    render: Path | None = typer.Option(None, "--render", help="Draw the episode into this GIF (one per record: NAME_<k>.gif)."),
+    fps: float = typer.Option(8.0, help="GIF frames per second."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the per-record results as JSON here."),
+) -> None:
+    """Re-simulate recorded episodes from seed + actions and check they reach the recorded outcome.
+
+    Exit code 0 when every record matches (and, with --model, every re-decided action agrees), else 1.
+    """
+    from marlctl.envs import env_spec
+    from marlctl.serving.evaluate import load_team
+    from marlctl.serving.records import find_records, load_record
+    from marlctl.serving.replay import gif_paths, replay_record, write_gif
+
+    paths = find_records(list(records))
+    loaded = [load_record(p) for p in paths]  # refuse a corrupt file before replaying anything
+    teams: dict[str, Any] = {}
+    gifs = gif_paths(render, len(paths)) if render is not None else []
+    table = Table(title="marlctl replay")
+    for col in ("record", "env", "seed", "steps", "return (rec/replay)", "re-simulation", "agreement"):
+        table.add_column(col)
+    results = []
+    for k, (path, rec) in enumerate(zip(paths, loaded, strict=True)):
+        team = None
+        if model is not None:
+            if rec.env_id not in teams:
+                teams[rec.env_id] = load_team(model, env_spec(rec.env_id))
+            team = teams[rec.env_id]
+        result, frames = replay_record(rec, str(path), agents=team, render=render is not None)
+        if render is not None:
+            write_gif(frames, gifs[k], fps=fps)
+        results.append(result)
+        agree = "-" if result.agreement is None else (
+            f"{result.agreements}/{result.decisions} ({result.agreement:.1%})"
+            + ("" if result.first_disagreement is None else f", first diff step {result.first_disagreement[0]} "
+               f"agent {result.first_disagreement[1]}"))
+        verdict = "[green]match[/]" if result.match else "[red]MISMATCH[/]: " + "; ".join(result.problems)
+        table.add_row(path.name, rec.env_id, str(rec.seed), f"{result.recorded_length}/{result.replayed_length}",
+                      f"{result.recorded_return:.3f}/{result.replayed_return:.3f}", verdict, agree)
+    console.print(table)
+    for g in gifs:
+        console.print(f"rendered {g}")
+    _write_json(summary_json, {"records": [dict(vars(r), match=r.match, agreement=r.agreement) for r in results]})
+    bad = [r for r in results if not r.match or (r.agreement is not None and r.agreements != r.decisions)]
+    if bad:
+        err_console.print(f"[red]{len(bad)} of {len(results)} record(s) did not replay identically[/]")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `run`, `eval` and `replay` to the app."""
+    app.command("run")(run)
+    app.command("eval")(eval_)
+    app.command("replay")(replay)
