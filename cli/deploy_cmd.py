@@ -1,6 +1,106 @@
-"""marlctl CLI commands (not yet written; the owning change fills this module)."""
+"""`marlctl deploy render|verify-model|fetch-model` and `marlctl health`: Kubernetes manifests and pod-side checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import typer
+from marlctl.cli.common import console, err_console, handle_user_errors
+
+deploy_app = typer.Typer(help="Kubernetes deployment of a team of agent services.", no_args_is_help=True)
+
+
+@deploy_app.command("render")
+@handle_user_errors
+def render_cmd(
+    model_dir: Path = typer.Argument(..., help="Exported model dir (manifest.json + agent_<i>.onnx), from `marlctl export`."),
+    image: str = typer.Option(..., "--image", help="Agent service image (deploy/docker/Dockerfile.serve[-cuda])."),
+    out: Path = typer.Option(Path("k8s"), "--out", help="Output dir: a kustomize base (must be new or empty, or --force)."),
+    namespace: str = typer.Option("marl", "--namespace", help="Kubernetes namespace of the team."),
+    replicas: int = typer.Option(1, "--replicas", help="Replicas per agent (the HPA's minimum)."),
+    max_replicas: int = typer.Option(8, "--max-replicas", help="HPA maximum per agent."),
+    gpu: bool = typer.Option(False, "--gpu", help="One nvidia.com/gpu per agent pod (needs a CUDA image)."),
+    model_source: str = typer.Option("configmap", "--model-source", help="configmap | pvc | image | url."),
+    model_url: str = typer.Option(None, "--model-url", help="http(s) URL of the model dir (with --model-source url)."),
+    team: str = typer.Option(None, "--team", help="Team name (default: from the manifest's algorithm and env id)."),
+    runner_image: str = typer.Option(None, "--runner-image", help="Runner Job image (default --image; SMAX/GRF need the train image)."),
+    runner_env: str = typer.Option(None, "--runner-env", help="Env id the runner plays (default: the manifest's)."),
+    episodes: int = typer.Option(100, "--episodes", help="Episodes the runner Job plays."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out dir."),
+) -> None:
+    """Render Deployments, Services, PDBs, HPAs, a runner Job and monitoring files for a team."""
+    from marlctl.deploy.render import RenderConfig, render
+
+    cfg = RenderConfig(
+        image=image, namespace=namespace, replicas=replicas, max_replicas=max_replicas, gpu=gpu,
+        model_source=model_source, model_url=model_url, team=team, runner_image=runner_image,
+        runner_env=runner_env, runner_episodes=episodes,
+    )
+    result = render(model_dir, out, cfg, force=force)
+    m = result.model.manifest
+    console.print(
+        f"[bold green]rendered[/] team [bold]{result.team}[/] ({m['algorithm']} on {m['env_id']}, {m['n_agents']} agents, "
+        f"model via {cfg.model_source}) into {result.out_dir}/ ({len(result.files)} files)"
+    )
+    console.print(f"  kubectl apply -k {result.out_dir}                # agents, services, PDBs, HPAs, runner Job, dashboard")
+    console.print(f"  kubectl apply -k {result.out_dir}/monitoring     # PodMonitor (Prometheus Operator)")
+    console.print(f"  {result.out_dir}/prometheus/scrape-config.yaml    # plain Prometheus, no operator")
+    console.print(f"  {result.out_dir}/prometheus-adapter/values.yaml   # custom metrics for the HPAs")
+
+
+@deploy_app.command("verify-model")
+@handle_user_errors
+def verify_model_cmd(
+    model_dir: Path = typer.Argument(..., help="Model dir to check."),
+    agent: list[int] = typer.Option(None, "--agent", help="Agent index whose file to check (repeatable; default all)."),
+    manifest_sha256: str = typer.Option(None, "--manifest-sha256", help="Refuse unless manifest.json has this sha256."),
+) -> None:
+    """Check a model dir's manifest and files against their sha256 (the pods' init container)."""
+    from marlctl.deploy.model_check import load_model_dir
+
+    info = load_model_dir(model_dir, agents=list(agent) if agent else None, manifest_sha256=manifest_sha256)
+    checked = ", ".join(str(a) for a in agent) if agent else "all"
+    console.print(f"model ok: {info.path} manifest sha256 {info.manifest_sha256}, agents checked: {checked}")
+
+
+@deploy_app.command("fetch-model")
+@handle_user_errors
+def fetch_model_cmd(
+    url: str = typer.Argument(..., help="http(s) URL of the model dir (manifest.json is fetched below it)."),
+    dest: Path = typer.Argument(..., help="Local dir to write the model into."),
+    manifest_sha256: str = typer.Option(..., "--manifest-sha256", help="sha256 the manifest must have."),
+    agent: list[int] = typer.Option(None, "--agent", help="Agent index whose file to fetch (repeatable; default all)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per HTTP request."),
+) -> None:
+    """Download a model dir pinned by its manifest's sha256 (the pods' init container for --model-source url)."""
+    from marlctl.deploy.fetch import fetch_model
+
+    info = fetch_model(url, dest, manifest_sha256, agents=list(agent) if agent else None, timeout_s=timeout)
+    console.print(f"fetched {url} into {info.path} (manifest sha256 {info.manifest_sha256})")
+
+
+@handle_user_errors
+def health_cmd(
+    address: str = typer.Argument(..., help="host:port of a gRPC server."),
+    service: str = typer.Option("", "--service", help="Service name to check ('' = the whole server)."),
+    timeout: float = typer.Option(3.0, "--timeout", help="Seconds to wait for the answer."),
+) -> None:
+    """Exit 0 when the server's grpc.health.v1 says SERVING, 1 otherwise (a container HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            err_console.print(f"{address}: health check failed: {exc.code().name} {exc.details() or ''}".rstrip())
+            raise typer.Exit(1) from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    console.print(f"{address}: {status}")
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `deploy` (render, verify-model, fetch-model) and `health` to the app."""
+    app.add_typer(deploy_app, name="deploy")
+    app.command("health")(health_cmd)
