@@ -1,9 +1,10 @@
 """Shared machinery of the environments: action validation, seeding, and the single/batched wrappers.
 
 Seeding contract (every family follows it, so a batched run is reproducible env by env):
-``BatchedEnv.reset(seed)`` starts environment ``b`` exactly like a single environment's
-``reset(env_seed(seed, b))``, and every later auto-reset of ``b`` is what that single
-environment's next ``reset()`` (no seed: continue the stream) would give.
+a single environment's ``reset(seed, index=b)`` (``index`` keyword-only, default 0) starts
+the episode that environment ``b`` of ``BatchedEnv.reset(seed)`` starts, and each later
+auto-reset of ``b`` is what that single environment's next ``reset()`` (no seed: continue
+the stream) gives. So ``reset(seed)`` of a single env replays batched environment 0.
 
 The didactic games are written once, as a :class:`VectorGame` (NumPy over a leading ``B``
 axis, randomness from a counter-based :class:`CounterRNG`); :class:`GameBatchedEnv` adds
@@ -41,7 +42,9 @@ def check_seed(seed: object) -> int:
 
 
 def env_seed(seed: int, index: int) -> int:
-    """The single-environment seed of environment ``index`` in a batch reset with ``seed``."""
+    """The stream seed of environment ``index`` of a run seeded ``seed`` (independent streams per index)."""
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
+        raise EnvError(f"environment index must be an integer >= 0, got {index!r}")
     state = np.random.SeedSequence([check_seed(seed), int(index)]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
 
@@ -225,9 +228,10 @@ class GameEnv:
         self._avail: np.ndarray | None = None  # [1, N, A]
         self._seeded = False
 
-    def reset(self, seed: int | None = None) -> TimeStep:
+    def reset(self, seed: int | None = None, *, index: int = 0) -> TimeStep:
+        """Start an episode; ``seed`` with ``index`` = batched environment ``index``'s stream, None continues."""
         if seed is not None or not self._seeded:
-            self.game.rng.seed([fresh_seed() if seed is None else check_seed(seed)])
+            self.game.rng.seed([env_seed(fresh_seed() if seed is None else seed, index)])
             self._seeded = True
         self.game.reset_where(np.ones(1, dtype=bool))
         self._t, self._done = 0, False
@@ -261,7 +265,8 @@ class GameEnv:
 class LoopBatchedEnv:
     """``num_envs`` single environments stepped in a Python loop, with auto-reset and ``final_*`` views.
 
-    For backends that cannot be vectorized in-process (GRF, SMAC); follows the seeding contract.
+    For backends that cannot be vectorized in-process (GRF, SMAC). Follows the seeding contract,
+    so the single environments' ``reset`` must accept ``index`` (keyword-only).
     """
 
     def __init__(self, make_single: Callable[[], Env], num_envs: int) -> None:
@@ -276,7 +281,8 @@ class LoopBatchedEnv:
         if seed is None and not self._seeded:
             seed = fresh_seed()
         steps = [
-            env.reset(None if seed is None else env_seed(seed, b)) for b, env in enumerate(self.envs)
+            env.reset(seed, index=b) if seed is not None else env.reset()  # type: ignore[call-arg]
+            for b, env in enumerate(self.envs)
         ]
         self._seeded = True
         return self._stack(steps, steps)
