@@ -15,8 +15,7 @@ ENV_ID = "hallway"  # real env: 2 agents, obs 10, 2 actions; episodes are short 
 
 
 @dataclass
-class TestBundle:  # noqa: D101 - not a pytest class (no test methods)
-    __test__ = False
+class BundleStandIn:
     """The fields of ``agents.bundle.AgentBundle`` that export needs, around a freshly built net."""
 
     net: Any
@@ -28,7 +27,7 @@ class TestBundle:  # noqa: D101 - not a pytest class (no test methods)
     checkpoint_sha256: str
 
 
-def make_bundle(seed: int = 0, env_id: str = ENV_ID, hidden_dim: int = 32) -> TestBundle:
+def make_bundle(seed: int = 0, env_id: str = ENV_ID, hidden_dim: int = 32) -> BundleStandIn:
     import torch
     from marlctl.agents.recurrent import AgentNet, AgentNetConfig
     from marlctl.envs import env_spec
@@ -40,7 +39,7 @@ def make_bundle(seed: int = 0, env_id: str = ENV_ID, hidden_dim: int = 32) -> Te
     with torch.no_grad():  # non-trivial normalisation, so baking it into the graph is exercised
         net.obs_mean.uniform_(-0.5, 0.5)
         net.obs_std.uniform_(0.5, 2.0)
-    return TestBundle(net.eval(), "q", "qtran-base", env_id, 1234, "/runs/x/checkpoints/latest.pt", "ab" * 32)
+    return BundleStandIn(net.eval(), "q", "qtran-base", env_id, 1234, "/runs/x/checkpoints/latest.pt", "ab" * 32)
 
 
 def free_port() -> int:
