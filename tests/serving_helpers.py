@@ -100,3 +100,20 @@ def export_model(out: Path, seed: int = 0, env_id: str = ENV_ID) -> Path:
 
     export_team(make_bundle(seed, env_id), out, config=ExportConfig(verify_episodes=2, verify_max_steps=30))
     return out
+
+
+def write_checkpoint(run_dir: Path, seed: int = 0, env_id: str = ENV_ID) -> Path:
+    """A run dir holding ``checkpoints/latest.pt`` in the checkpoint format of the contracts."""
+    import torch
+    from marlctl.envs import env_spec
+
+    b = make_bundle(seed, env_id)
+    ckpt = {
+        "format": "marlctl.checkpoint", "version": 1, "algo": b.algo, "env_id": env_id,
+        "env_spec": env_spec(env_id).to_dict(), "env_steps": b.env_steps, "seed": seed,
+        "agent": {"kind": b.kind, "config": b.net.config.to_dict(), "state_dict": b.net.state_dict()},
+        "algorithm": {}, "run": {}, "config": {"algo": b.algo, "env_id": env_id, "seed": seed},
+    }
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, run_dir / "checkpoints" / "latest.pt")
+    return run_dir
