@@ -65,8 +65,9 @@ class LocalAgent:
 
 
 def load_team(model_dir: str | Path, spec: EnvSpec) -> list[LocalAgent]:
-    """Every agent of a model dir, checked against the env it will play."""
+    """Every agent of a model dir, checked like a runner checks services: dims and env id must fit ``spec``."""
     from marlctl.serving.model import read_manifest
+    from marlctl.serving.runner import check_agent_spec
 
     n_model = read_manifest(model_dir)["n_agents"]
     if n_model != spec.n_agents:
@@ -74,9 +75,7 @@ def load_team(model_dir: str | Path, spec: EnvSpec) -> list[LocalAgent]:
     agents = []
     for i in range(spec.n_agents):
         agent = LocalAgent(model_dir, i)
-        for name, got, want in (("obs_dim", agent.obs_dim, spec.obs_dim), ("n_actions", agent.n_actions, spec.n_actions)):
-            if got != want:
-                raise ServingError(f"model dir {model_dir}: agent {i} has {name}={got}, env {spec.env_id!r} has {want}")
+        check_agent_spec(i, f"{model_dir}/agent_{i}", _SpecView(i, agent.n_agents, agent), spec)
         agents.append(agent)
     return agents
 
@@ -170,7 +169,7 @@ def play_episode(env: Any, spec: EnvSpec, agents: list[LocalAgent], seed: int, i
 def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeRecord], None] | None = None) -> EvalResult:
     """Run ``config.episodes`` greedy episodes with in-process ONNX Runtime agents."""
     from marlctl.envs import env_spec, make_env
-    from marlctl.serving.runner import check_agent_spec, summarize_records
+    from marlctl.serving.runner import summarize_records
 
     if config.episodes < 1:
         raise ServingError(f"--episodes must be >= 1, got {config.episodes}")
@@ -178,8 +177,6 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeRecord], None] | N
     env_id = config.env_id or trained_on
     spec = env_spec(env_id)
     agents = load_team(config.model_dir, spec)
-    for i, agent in enumerate(agents):
-        check_agent_spec(i, str(config.model_dir), _SpecView(i, agent.n_agents, agent), spec)
     env = make_env(env_id)
     records: list[EpisodeRecord] = []
     paths: list[Path] = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,7 @@ class RunResult:
     agent_specs: list[dict[str, Any]] = field(default_factory=list)
     """Each agent service's ``GetSpec`` answer, as a dict."""
     record_paths: list[Path] = field(default_factory=list)
+    """The record file of each episode, in episode order (empty without ``record_dir``)."""
 
 
 def fallback_action(policy: str, avail_A: np.ndarray, rng: np.random.Generator) -> int:
@@ -131,7 +133,7 @@ def outcome_result(outcome: Outcome, has_won: bool) -> str:
 
 
 def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
-    """Refuse an agent service that does not serve agent ``index`` of a model for ``env``."""
+    """Refuse an agent (``address`` names it in the error) that is not agent ``index`` of a model for ``env``."""
     from marlctl.envs import parse_env_id
 
     problems = []
@@ -152,7 +154,7 @@ def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
         if not same:
             problems.append(f"its model was trained on {spec.env_id!r}, not {env.env_id!r}")
     if problems:
-        raise AgentServiceError(f"agent service {address} (agent {index}) does not match: " + "; ".join(problems))
+        raise AgentServiceError(f"{address} (agent {index}) does not match: " + "; ".join(problems))
 
 
 class _AgentLink:
@@ -272,6 +274,11 @@ class EpisodeRunner:
         self.metrics_port = metrics_port
         self.on_episode = on_episode
         self.metrics: _Metrics | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Start no new episode (thread-safe); episodes in flight finish and are recorded."""
+        self._stop.set()
 
     def run(self) -> RunResult:
         return asyncio.run(self.run_async())
@@ -291,7 +298,7 @@ class EpisodeRunner:
             for i in range(cfg.episodes):
                 queue.put_nowait(i)
             results: dict[int, EpisodeRecord] = {}
-            paths: list[Path] = []
+            paths: dict[int, Path] = {}
             slots = [self._slot(stubs, queue, results, paths) for _ in range(min(cfg.concurrency, cfg.episodes))]
             await asyncio.gather(*slots)
             wall = time.perf_counter() - t0
@@ -300,11 +307,10 @@ class EpisodeRunner:
             self.metrics.close()
         records = [results[i] for i in sorted(results)]
         return RunResult(records=records, summary=summarize_records(records, wall), agent_specs=specs,
-                         record_paths=sorted(paths))
+                         record_paths=[paths[i] for i in sorted(paths)])
 
     async def _check_specs(self, stubs: list[Any]) -> list[dict[str, Any]]:
         import grpc
-        from google.protobuf.json_format import MessageToDict
         from marlctl.proto import agent_pb2
 
         cfg = self.config
@@ -322,11 +328,11 @@ class EpisodeRunner:
 
         specs = await asyncio.gather(*(one(i) for i in range(len(stubs))))
         for i, spec in enumerate(specs):
-            check_agent_spec(i, cfg.agents[i], spec, self.spec)
-        return [MessageToDict(s, preserving_proto_field_name=True) for s in specs]
+            check_agent_spec(i, f"agent service {cfg.agents[i]}", spec, self.spec)
+        return [{f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields} for s in specs]
 
     async def _slot(self, stubs: list[Any], queue: asyncio.Queue[int], results: dict[int, EpisodeRecord],
-                    paths: list[Path]) -> None:
+                    paths: dict[int, Path]) -> None:
         """One episode slot: a worker thread with its own env, running episodes from the queue."""
         from marlctl.envs import make_env
 
@@ -334,7 +340,7 @@ class EpisodeRunner:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="marlctl-env") as pool:
             env = await loop.run_in_executor(pool, make_env, self.config.env_id)
             try:
-                while True:
+                while not self._stop.is_set():
                     try:
                         index = queue.get_nowait()
                     except asyncio.QueueEmpty:
@@ -342,7 +348,7 @@ class EpisodeRunner:
                     record = await self._episode(env, pool, stubs, index)
                     results[index] = record
                     if self.config.record_dir is not None:
-                        paths.append(await loop.run_in_executor(pool, save_record, record, self.config.record_dir))
+                        paths[index] = await loop.run_in_executor(pool, save_record, record, self.config.record_dir)
                     if self.on_episode is not None:
                         self.on_episode(record)
             finally:
