@@ -1,0 +1,434 @@
+"""Typed training configuration: one dataclass per component, layered TOML/JSON loading, the algorithm table.
+
+Layers, later wins: dataclass defaults (pymarl conventions) < ``configs/algo/<algo>.toml`` <
+``configs/env/<family>.toml`` < the user's ``--config FILE`` (TOML or JSON) < ``--set section.key=value``.
+Sections are the fields of ``TrainConfig`` (``run``, ``env``, ``agent``, ``replay``, ``exploration``,
+``optim``, ``learner``, ``algo``); ``algo`` holds the algorithm's own options dataclass
+(``AlgorithmSpec.config_cls``). An unknown section or key is an error naming the valid ones.
+
+Adding an algorithm: write a module exposing an ``AlgorithmSpec`` and add ONE line to the
+``ALGORITHMS`` table below. An options dataclass may define ``env_warnings(self, spec) -> list[str]``
+to warn about a choice that does not suit the environment (e.g. QTRAN's V_jt = 0 on a partially
+observable env); ``check_against_env`` turns those into ``ConfigWarning``s and the run log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import tomllib
+import types
+import typing
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from marlctl.trainer.errors import ConfigValueError, UnknownAlgorithmError, UnknownConfigKeyError
+
+if TYPE_CHECKING:
+    import torch
+    from marlctl.envs.base import EnvSpec
+    from marlctl.trainer.algorithm import Algorithm
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# ===================================== ALGORITHM TABLE =====================================
+# One line per algorithm: "name": "module:ATTRIBUTE", where ATTRIBUTE is an ``AlgorithmSpec``.
+# Engineers add their algorithm by adding ONE line here (imported lazily, only when used).
+ALGORITHMS: dict[str, str] = {
+    "vdn": "marlctl.trainer.learners.vdn_qmix:VDN",
+    "qmix": "marlctl.trainer.learners.vdn_qmix:QMIX",
+    "ow-qmix": "marlctl.trainer.learners.wqmix:OW_QMIX",
+    "cw-qmix": "marlctl.trainer.learners.wqmix:CW_QMIX",
+    # QTRAN-REMIX: "qtran-base", "qtran-alt", "remix" - one line each below this one.
+    "qtran-base": "marlctl.trainer.learners.qtran:QTRAN_BASE",
+    "qtran-alt": "marlctl.trainer.learners.qtran:QTRAN_ALT",
+    "remix": "marlctl.trainer.learners.remix:REMIX",
+    # TAD-PPO: "mappo", "tad-ppo" - one line each below this one.
+    "mappo": "marlctl.trainer.ppo.mappo:MAPPO_SPEC",
+    "tad-ppo": "marlctl.trainer.ppo.tad_ppo:TAD_PPO_SPEC",
+}
+# ===========================================================================================
+
+
+class ConfigWarning(UserWarning):
+    """A valid config choice that does not suit the environment (e.g. V_jt = 0 under partial observability)."""
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """This algorithm has no options of its own (the ``[algo]`` section must be empty)."""
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """One trainable algorithm, as the run loop and the CLI see it."""
+
+    name: str
+    """Name used on the command line (``--algo``)."""
+    summary: str
+    """One line for help texts."""
+    config_cls: type
+    """Dataclass of the algorithm's own options (the ``[algo]`` config section)."""
+    build: Callable[[TrainConfig, EnvSpec, torch.device], Algorithm]
+    """Creates the algorithm (networks on ``device``, batched envs) from the resolved config."""
+    kind: Literal["value", "policy"] = "value"
+    """Value-factorization method (replay, epsilon-greedy) or policy-gradient method."""
+
+
+def algorithm_spec(name: str) -> AlgorithmSpec:
+    """The ``AlgorithmSpec`` registered under ``name`` (imports its module)."""
+    if name not in ALGORITHMS:
+        raise UnknownAlgorithmError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+    module_name, attr = ALGORITHMS[name].split(":")
+    spec = getattr(importlib.import_module(module_name), attr)
+    if not isinstance(spec, AlgorithmSpec):
+        raise TypeError(f"{ALGORITHMS[name]} is not an AlgorithmSpec")
+    return spec
+
+
+# ------------------------------------------------------------------ components
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run as a whole: budget, seed, device, logging, evaluation and checkpoint cadence."""
+
+    algo: str = "vdn"
+    """Algorithm name (a key of ``ALGORITHMS``)."""
+    steps: int = 100_000
+    """Training budget in environment steps (joint steps, summed over the batched envs)."""
+    seed: int = 0
+    """Seed of every RNG (torch, numpy, python, environments)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where networks and updates run: ``auto`` picks CUDA when available."""
+    torch_threads: int = 1
+    """CPU threads of PyTorch ops (1 suits the small per-agent nets and shared machines; 0 = PyTorch's default)."""
+    log_interval: int = 2_000
+    """Env steps between train log lines (JSONL + TensorBoard); metrics are averaged in between."""
+    eval_interval: int = 10_000
+    """Env steps between greedy evaluations (0 = only at the end)."""
+    eval_episodes: int = 32
+    """Episodes per greedy evaluation."""
+    save_interval: int = 50_000
+    """Env steps between checkpoints (a final one is always written)."""
+    checkpoint_buffer: bool = True
+    """Store the replay buffer in checkpoints so ``--resume`` continues exactly; False makes
+    checkpoints small and a resumed run refills its buffer (no longer bit-identical)."""
+    keep_checkpoints: int = 3
+    """How many ``step_<n>.pt`` files to keep (``latest.pt`` is always kept); 0 keeps all."""
+    progress: bool = True
+    """Show the Rich progress bar."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The training environment and how it is rolled out."""
+
+    env_id: str = "matrix:qtran"
+    """Environment id (``smax:3m``, ``grf:academy_empty_goal_close``, ``matrix:qtran`` ...)."""
+    num_envs: int = 8
+    """Environments stepped together in one batched call (B)."""
+    rollout: Literal["episodes", "steps"] = "episodes"
+    """``episodes``: each iteration resets the envs and plays one episode per env (exact resume);
+    ``steps``: envs run continuously, ``steps_per_iteration`` batched steps per iteration
+    (faster; a resume restarts the in-flight episodes)."""
+    steps_per_iteration: int = 0
+    """Batched steps per iteration in ``steps`` mode (0 = the env's episode limit)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The per-agent network (``agents.recurrent.AgentNetConfig`` minus the env's dims)."""
+
+    hidden_dim: int = 64
+    """MLP width and GRU state size H."""
+    recurrent: bool = True
+    """GRU agent (True) or feed-forward agent (False)."""
+    prev_action_input: bool = True
+    """Feed the one-hot previous own action."""
+    agent_id_input: bool = True
+    """Feed the one-hot agent id (shared parameters)."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Episode replay buffer of value methods."""
+
+    capacity: int = 5_000
+    """Episodes kept (oldest overwritten first)."""
+    batch_size: int = 32
+    """Episodes per gradient update."""
+    learning_starts: int = 0
+    """Episodes in the buffer before the first update (0 = ``batch_size``)."""
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    """Epsilon-greedy exploration of value methods, annealed linearly in env steps."""
+
+    epsilon_start: float = 1.0
+    """Epsilon at step 0."""
+    epsilon_finish: float = 0.05
+    """Epsilon after the anneal."""
+    epsilon_anneal_steps: int = 50_000
+    """Env steps of the linear anneal."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer shared by every network of an algorithm."""
+
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop (pymarl) or Adam (the QTRAN paper)."""
+    lr: float = 5e-4
+    """Learning rate."""
+    rmsprop_alpha: float = 0.99
+    """RMSprop smoothing constant."""
+    eps: float = 1e-5
+    """Optimizer epsilon."""
+    grad_clip: float = 10.0
+    """Max global gradient norm (0 = no clipping)."""
+
+
+@dataclass(frozen=True)
+class ValueLearnerConfig:
+    """Shared settings of value-factorization learners (targets, mixer sizes, update cadence)."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    double_q: bool = True
+    """Pick the next greedy action with the online agent, evaluate it with the target (double Q)."""
+    td_lambda: float = 0.0
+    """TD(lambda) returns when > 0 (0 = one-step targets)."""
+    n_step: int = 1
+    """n-step returns when > 1 (exclusive with ``td_lambda``)."""
+    target_update_episodes: int = 200
+    """Episodes between hard target-network updates."""
+    updates_per_iteration: int = 1
+    """Gradient updates after each rollout iteration."""
+    mixing_embed_dim: int = 32
+    """Width of the QMIX mixing layer."""
+    hypernet_embed: int = 64
+    """Width of the hypernetworks' hidden layer."""
+    hypernet_layers: int = 2
+    """1 = linear hypernetworks, 2 = one hidden layer."""
+
+
+ALGO_SECTION = "algo"
+SECTION_TYPES: dict[str, type] = {
+    "run": RunConfig,
+    "env": EnvConfig,
+    "agent": AgentConfig,
+    "replay": ReplayConfig,
+    "exploration": ExplorationConfig,
+    "optim": OptimConfig,
+    "learner": ValueLearnerConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fully resolved configuration of one training run (what ``config.json`` holds)."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    learner: ValueLearnerConfig = field(default_factory=ValueLearnerConfig)
+    algo: Any = field(default_factory=NoOptions)
+    """The algorithm's own options (an instance of its ``AlgorithmSpec.config_cls``)."""
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in (*SECTION_TYPES, ALGO_SECTION)}
+
+    def replace(self, **sections: Any) -> TrainConfig:
+        return dataclasses.replace(self, **sections)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a TOML/JSON/``--set`` value to the field type ``tp``, or raise naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigValueError(f"{where}={value!r} is not valid; valid: {', '.join(map(str, choices))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigValueError(f"{where}={value!r} is not a boolean (use true or false)")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigValueError(f"{where}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                try:
+                    as_float = float(value)  # "1e5"
+                except ValueError:
+                    as_float = 0.5
+                if as_float.is_integer():
+                    return int(as_float)
+        raise ConfigValueError(f"{where}={value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigValueError(f"{where}={value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigValueError(f"{where}={value!r} is not a number") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigValueError(f"{where}={value!r} is not a string")
+        return value
+    if origin in (tuple, list):
+        (item_tp, *_rest) = typing.get_args(tp) or (str,)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_coerce(v, item_tp, where) for v in items)
+    return value
+
+
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys are an error naming the valid ones."""
+    ftypes = _field_types(cls)
+    unknown = sorted(set(values) - set(ftypes))
+    if unknown:
+        valid = ", ".join(ftypes) if ftypes else "(none: this section takes no keys)"
+        raise UnknownConfigKeyError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys of "
+                                    f"[{section}]: {valid}")
+    kwargs = {k: _coerce(v, ftypes[k], f"{section}.{k}") for k, v in values.items()}
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigValueError(f"[{section}]: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML (``.toml``) or JSON (``.json``) config file of ``[section]`` tables."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        elif path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        else:
+            raise ConfigValueError(f"config file {path}: unknown format {path.suffix!r}; valid: .toml, .json")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigValueError(f"config file {path}: expected tables [section] with key = value; valid sections: "
+                               f"{', '.join([*SECTION_TYPES, ALGO_SECTION])}")
+    return data
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["optim.lr=1e-3", ...]`` -> ``{"optim": {"lr": "1e-3"}}`` (values coerced later by field type)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigValueError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.001")
+        out.setdefault(section, {})[name] = value.strip()
+    return out
+
+
+def _merge(layers: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    valid = [*SECTION_TYPES, ALGO_SECTION]
+    for layer in layers:
+        for section, values in layer.items():
+            if section not in valid:
+                raise UnknownConfigKeyError(f"unknown config section [{section}]; valid sections: {', '.join(valid)}")
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def env_family(env_id: str) -> str:
+    """The family prefix of an env id (``smax:3m`` -> ``smax``, ``hallway`` -> ``hallway``)."""
+    return env_id.split(":", 1)[0].split(",", 1)[0].strip()
+
+
+def _packaged(kind: str, name: str) -> dict[str, dict[str, Any]]:
+    path = CONFIG_DIR / kind / f"{name}.toml"
+    return read_config_file(path) if path.is_file() else {}
+
+
+def from_sections(sections: dict[str, dict[str, Any]]) -> TrainConfig:
+    """Build a ``TrainConfig`` from merged ``{section: {key: value}}`` (``run.algo`` selects ``[algo]``'s class)."""
+    sections = _merge([sections])
+    built = {name: build_section(cls, sections.get(name, {}), name) for name, cls in SECTION_TYPES.items()}
+    spec = algorithm_spec(built["run"].algo)
+    algo_opts = build_section(spec.config_cls, sections.get(ALGO_SECTION, {}), ALGO_SECTION)
+    return TrainConfig(**built, algo=algo_opts)
+
+
+def load_config(
+    algo: str,
+    env_id: str,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    **run_fields: Any,
+) -> TrainConfig:
+    """Resolve the layered config of a new run; ``run_fields`` (steps, seed, device) win over every layer."""
+    algorithm_spec(algo)  # a clear error first
+    layers = [_packaged("algo", algo), _packaged("env", env_family(env_id))]
+    if config_file is not None:
+        layers.append(read_config_file(config_file))
+    layers.append(parse_overrides(overrides))
+    cli: dict[str, Any] = {"algo": algo, **{k: v for k, v in run_fields.items() if v is not None}}
+    layers.append({"run": cli, "env": {"env_id": env_id}})
+    return from_sections(_merge(layers))
+
+
+def check_against_env(cfg: TrainConfig, spec: EnvSpec) -> list[str]:
+    """Warnings about choices that do not suit this environment (also issued as ``ConfigWarning``)."""
+    messages: list[str] = []
+    if cfg.learner.td_lambda > 0 and cfg.learner.n_step > 1:
+        raise ConfigValueError("learner.td_lambda and learner.n_step > 1 are exclusive; set one of them")
+    if not 0.0 <= cfg.learner.td_lambda <= 1.0:
+        raise ConfigValueError(f"learner.td_lambda={cfg.learner.td_lambda} must be in [0, 1]")
+    if cfg.env.num_envs < 1 or cfg.run.steps < 1 or cfg.replay.batch_size < 1 or cfg.replay.capacity < 1:
+        raise ConfigValueError("env.num_envs, run.steps, replay.batch_size and replay.capacity must be >= 1")
+    if cfg.replay.batch_size > cfg.replay.capacity:
+        raise ConfigValueError(f"replay.batch_size={cfg.replay.batch_size} exceeds replay.capacity={cfg.replay.capacity}")
+    if not cfg.agent.recurrent and not spec.fully_observable:
+        messages.append(f"agent.recurrent=false on {spec.env_id}, which is partially observable: agents see "
+                        "only their current observation")
+    env_warnings = getattr(cfg.algo, "env_warnings", None)
+    if callable(env_warnings):
+        messages.extend(env_warnings(spec))
+    for message in messages:
+        warnings.warn(message, ConfigWarning, stacklevel=2)
+    return messages

@@ -1,0 +1,1 @@
+"""Value-factorization learners on the shared machinery of ``learners/base.py``."""

@@ -1,0 +1,157 @@
+"""Shared value-learner machinery: agent net + target, extra nets (mixers) + targets, optimizer, updates.
+
+How to add a value learner (QTRAN, ReMIX, ...): subclass ``ValueLearner`` and implement
+
+* ``build_networks(self) -> dict[str, nn.Module]`` - every network besides the agent, by name
+  (e.g. ``{"mixer": QMixer(...)}``). The base keeps them in ``self.nets[name]``, makes a target copy
+  in ``self.targets[name]`` (``self.targets["agent"]`` for the agent), and optimizes all of them with
+  ONE optimizer (``OptimConfig``: Adam or RMSprop, grad clip). Your options: ``self.algo_cfg``.
+* ``loss(self, batch) -> (loss, metrics)`` - ``batch`` is a ``replay.EpisodeBatch`` on the learner's
+  device: ``obs [B, T+1, N, O]``, ``state [B, T+1, S]``, ``avail [B, T+1, N, A]`` (bool),
+  ``actions [B, T, N]`` (int64), ``reward [B, T]``, ``terminated [B, T]`` (bool), ``filled [B, T]``
+  (bool; ``batch.mask`` as float). Return a scalar loss tensor to minimize and a dict of floats to
+  log, named by prefix (``loss/td``, ``loss/opt``, ``train/q_taken``...).
+
+Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` steps -> ``[B, T+1, N, A]``;
+``taken(q, actions)`` gathers ``[B, T, N]``; ``next_agent_values(batch, q, target_q)`` applies double Q
+to get each agent's greedy next value ``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step,
+n-step or TD(lambda) targets per ``ValueLearnerConfig``; ``masked_mean(x_BT, batch)``.
+The base does the optimizer step, gradient clipping, target updates and (de)serialization.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+from marlctl.envs.base import EnvSpec
+from marlctl.trainer.config import AgentConfig, OptimConfig, TrainConfig
+from marlctl.trainer.replay import EpisodeBatch
+from marlctl.trainer.targets import greedy_next_values, n_step_returns, one_step_targets, td_lambda_returns
+from torch import nn
+
+
+def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
+    """The ``AgentNetConfig`` of ``spec``'s agents with the configured architecture."""
+    return AgentNetConfig(
+        obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents, hidden_dim=agent.hidden_dim,
+        recurrent=agent.recurrent, prev_action_input=agent.prev_action_input, agent_id_input=agent.agent_id_input,
+    )
+
+
+def make_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam or RMSprop over ``params`` as configured."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps)
+
+
+class ValueLearner:
+    """Base of value-factorization learners; subclasses implement ``build_networks`` and ``loss``."""
+
+    def __init__(self, cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> None:
+        self.cfg, self.spec, self.device = cfg, spec, device
+        self.lcfg = cfg.learner
+        self.algo_cfg = cfg.algo
+        self.agent = AgentNet(agent_net_config(cfg.agent, spec))
+        self.nets = nn.ModuleDict({"agent": self.agent, **self.build_networks()}).to(device)
+        self.targets = copy.deepcopy(self.nets)
+        self.targets.requires_grad_(False)
+        self.params = [p for p in self.nets.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg.optim, self.params)
+        self.updates = 0
+        self.target_updates = 0
+        self._agent_ids: dict[int, torch.Tensor] = {}  # batch size -> [B*N] agent ids
+
+    # ------------------------------------------------------------ subclass API
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        """Networks besides the agent (mixers, joint-value nets), by name."""
+        return {}
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of one batch of episodes and metrics to log."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ helpers
+
+    def agent_q(self, batch: EpisodeBatch, target: bool = False) -> torch.Tensor:
+        """Unroll the (target) agent over every step from a zero hidden state: Q ``[B, T+1, N, A]``."""
+        net: AgentNet = self.targets["agent"] if target else self.agent  # type: ignore[assignment]
+        B, T1, N, _ = batch.obs.shape
+        if B not in self._agent_ids:
+            self._agent_ids[B] = torch.arange(N, device=self.device).repeat(B)  # [B*N]
+        ids_R = self._agent_ids[B]
+        prev_BTN = batch.prev_actions
+        hidden_RH = net.initial_hidden(B * N, self.device)
+        qs = []
+        for t in range(T1):
+            q_RA, hidden_RH = net(batch.obs[:, t].reshape(B * N, -1), prev_BTN[:, t].reshape(-1), ids_R, hidden_RH)
+            qs.append(q_RA.view(B, N, -1))
+        return torch.stack(qs, dim=1)
+
+    @staticmethod
+    def taken(q_BTNA: torch.Tensor, actions_BTN: torch.Tensor) -> torch.Tensor:
+        """Q of the actions taken, ``[B, T, N]`` (``q`` may be ``T+1`` long; its last step is dropped)."""
+        T = actions_BTN.shape[1]
+        return q_BTNA[:, :T].gather(-1, actions_BTN.unsqueeze(-1)).squeeze(-1)
+
+    def next_agent_values(self, batch: EpisodeBatch, q_BTNA: torch.Tensor,
+                          target_q_BTNA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each agent's greedy next value under the target net ``[B, T, N]`` and that action ``[B, T, N]``;
+        the action is chosen by the online net when ``double_q`` (pass ``q`` with or without grad)."""
+        select = q_BTNA.detach() if self.lcfg.double_q else target_q_BTNA
+        return greedy_next_values(target_q_BTNA[:, 1:], select[:, 1:], batch.avail[:, 1:])
+
+    def returns(self, batch: EpisodeBatch, v_next_BT: torch.Tensor) -> torch.Tensor:
+        """Targets ``[B, T]`` from next-state values: one-step, n-step or TD(lambda) per config."""
+        g = self.lcfg.gamma
+        if self.lcfg.td_lambda > 0:
+            return td_lambda_returns(batch.reward, batch.terminated, batch.filled, v_next_BT, g, self.lcfg.td_lambda)
+        if self.lcfg.n_step > 1:
+            return n_step_returns(batch.reward, batch.terminated, batch.filled, v_next_BT, g, self.lcfg.n_step)
+        return one_step_targets(batch.reward, batch.terminated, v_next_BT, g)
+
+    @staticmethod
+    def masked_mean(x_BT: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
+        mask = batch.mask
+        return (x_BT * mask).sum() / mask.sum().clamp(min=1.0)
+
+    # ------------------------------------------------------------ training
+
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One gradient step on ``batch``; returns the loss metrics plus ``train/grad_norm``."""
+        self.nets.train()
+        loss, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.updates += 1
+        metrics = dict(metrics)
+        metrics.setdefault("loss/total", float(loss.detach()))
+        metrics["train/grad_norm"] = float(grad_norm)
+        return metrics
+
+    def update_targets(self) -> None:
+        """Hard update: every target network := its online network."""
+        self.targets.load_state_dict(self.nets.state_dict())
+        self.target_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": self.nets.state_dict(),
+            "targets": self.targets.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+            "target_updates": self.target_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nets.load_state_dict(state["nets"])
+        self.targets.load_state_dict(state["targets"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.target_updates = int(state["target_updates"])

@@ -1,0 +1,57 @@
+"""VDN and QMIX learners: a mixer of the agents' chosen Q-values regressed onto a TD target."""
+from __future__ import annotations
+
+import torch
+from marlctl.trainer.config import NoOptions
+from marlctl.trainer.learners.base import ValueLearner
+from marlctl.trainer.mixers.qmix import QMixer
+from marlctl.trainer.mixers.vdn import VDNMixer
+from marlctl.trainer.replay import EpisodeBatch
+from marlctl.trainer.value_algorithm import value_method
+from torch import nn
+
+
+class MixerLearner(ValueLearner):
+    """TD learning of ``Q_tot = mixer(Q_1(u_1), ..., Q_N(u_N); s)`` (the mixer is set by subclasses)."""
+
+    def build_mixer(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        return {"mixer": self.build_mixer()}
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        q_BTNA = self.agent_q(batch)  # [B, T+1, N, A]
+        q_tot_BT = self.nets["mixer"](self.taken(q_BTNA, batch.actions), batch.state[:, :-1])
+        with torch.no_grad():
+            target_q_BTNA = self.agent_q(batch, target=True)
+            v_next_BTN, _ = self.next_agent_values(batch, q_BTNA, target_q_BTNA)
+            q_tot_next_BT = self.targets["mixer"](v_next_BTN, batch.state[:, 1:])
+            y_BT = self.returns(batch, q_tot_next_BT)
+        loss_td = self.masked_mean((q_tot_BT - y_BT) ** 2, batch)
+        return loss_td, {
+            "loss/td": float(loss_td.detach()),
+            "train/q_tot": float(self.masked_mean(q_tot_BT.detach(), batch)),
+            "train/target": float(self.masked_mean(y_BT, batch)),
+        }
+
+
+class VDNLearner(MixerLearner):
+    """VDN: Q_tot = sum_i Q_i."""
+
+    def build_mixer(self) -> nn.Module:
+        return VDNMixer()
+
+
+class QMIXLearner(MixerLearner):
+    """QMIX: Q_tot = monotonic hypernetwork mixer of the Q_i conditioned on the state."""
+
+    def build_mixer(self) -> nn.Module:
+        lc = self.lcfg
+        return QMixer(self.spec.n_agents, self.spec.state_dim, lc.mixing_embed_dim, lc.hypernet_embed,
+                      lc.hypernet_layers)
+
+
+VDN = value_method("vdn", "VDN: additive value decomposition (Sunehag et al. 2018)", VDNLearner, NoOptions)
+QMIX = value_method("qmix", "QMIX: monotonic mixing with state hypernetworks (Rashid et al. 2018)", QMIXLearner,
+                    NoOptions)

@@ -1,0 +1,1 @@
+"""Mixing networks: combine the agents' chosen Q-values (and the state) into a joint value."""

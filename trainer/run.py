@@ -1,0 +1,440 @@
+"""The shared training loop for ANY ``Algorithm``: run dir, logs, evaluation, checkpoints, resume, summary.
+
+A run directory holds ``config.json`` (the resolved ``TrainConfig``), ``log.jsonl`` (one JSON object
+per event: ``start``/``resume``/``warning``/``train``/``eval``/``checkpoint``/``end``), TensorBoard
+events under ``tb/`` and ``checkpoints/step_<env_steps>.pt`` + ``checkpoints/latest.pt`` (written
+atomically; format in ``agents/bundle.py``). ``resume_run`` validates the checkpoint against the
+run's config and env before touching anything, then continues with the saved optimizer, buffer,
+schedules and torch/NumPy/Python RNG states.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from marlctl.agents.bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
+from marlctl.agents.errors import ModelError
+from marlctl.envs.base import EnvSpec
+from marlctl.trainer.algorithm import Algorithm
+from marlctl.trainer.config import TrainConfig, algorithm_spec, check_against_env, from_sections
+from marlctl.trainer.errors import CheckpointError, ConfigValueError, RunDirError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# ------------------------------------------------------------------ files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file in ``path``'s folder, then ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError("device=cuda but PyTorch sees no CUDA device; valid here: auto, cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigValueError(f"device={name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch / NumPy-global / Python RNG states as ``weights_only``-loadable containers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+# ------------------------------------------------------------------ logging
+
+
+class RunLogger:
+    """Appends events to ``log.jsonl`` and scalars to TensorBoard (``tb/``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = open(run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def event(self, event: str, env_steps: int, scalars: dict[str, float] | None = None, **extra: Any) -> None:
+        record = {"event": event, "env_steps": env_steps, "time": round(time.time(), 3), **extra, **(scalars or {})}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for k, v in (scalars or {}).items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(k, v, env_steps)
+
+    def close(self) -> None:
+        self.tb.close()
+        self.file.close()
+
+
+class MetricAccumulator:
+    """Means of per-iteration metrics between two log lines."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return out
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunState:
+    """The loop's own counters (checkpointed under ``"run"``)."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    updates: int = 0
+    iterations: int = 0
+    next_log: int = 0
+    next_eval: int = 0
+    next_save: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    """The end-of-run figures (also the ``end`` event of ``log.jsonl``)."""
+
+    run_dir: str
+    algo: str
+    env_id: str
+    env_steps: int
+    episodes: int
+    updates: int
+    wall_s: float
+    env_steps_per_s: float
+    updates_per_s: float
+    checkpoint: str
+    last_train: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class TrainingRun:
+    """Drives one ``Algorithm`` to ``cfg.run.steps`` env steps inside ``run_dir``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, spec: EnvSpec, console: Console) -> None:
+        self.cfg, self.run_dir, self.spec, self.console = cfg, run_dir, spec, console
+        self.device = resolve_device(cfg.run.device)
+        if cfg.run.torch_threads > 0:
+            torch.set_num_threads(cfg.run.torch_threads)
+        seed_everything(cfg.run.seed)
+        self.algo: Algorithm = algorithm_spec(cfg.run.algo).build(cfg, spec, self.device)
+        self.state = RunState(next_log=cfg.run.log_interval, next_eval=cfg.run.eval_interval or cfg.run.steps,
+                              next_save=cfg.run.save_interval)
+        self.warnings: list[str] = []
+        self.last_train: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.last_checkpoint = ""
+
+    # -------------------------------------------------------- checkpoints
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "algo": self.cfg.run.algo,
+            "env_id": self.cfg.env.env_id,
+            "env_spec": self.spec.to_dict(),
+            "env_steps": self.state.env_steps,
+            "seed": self.cfg.run.seed,
+            "agent": self.algo.agent_bundle(),
+            "algorithm": self.algo.state_dict(),
+            "run": {**vars(self.state), "rng": rng_state()},
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        buf = io.BytesIO()
+        torch.save(self.checkpoint_dict(), buf)
+        data = buf.getvalue()
+        ckpt_dir = self.run_dir / "checkpoints"
+        step_path = ckpt_dir / f"step_{self.state.env_steps}.pt"
+        atomic_write_bytes(step_path, data)
+        atomic_write_bytes(ckpt_dir / "latest.pt", data)
+        keep = self.cfg.run.keep_checkpoints
+        if keep > 0:
+            steps = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in steps[:-keep]:
+                old.unlink(missing_ok=True)
+        self.last_checkpoint = str(step_path)
+        return step_path
+
+    def restore(self, ckpt: dict[str, Any], where: str) -> None:
+        try:
+            self.algo.load_state_dict(ckpt["algorithm"])
+            run = dict(ckpt["run"])
+            rng = run.pop("rng")
+            self.state = RunState(**run)
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{where} does not match this run's algorithm/config and cannot be resumed: "
+                                  f"{first}") from None
+
+    # -------------------------------------------------------- loop
+
+    def loop(self, logger: RunLogger) -> RunSummary:
+        cfg, st = self.cfg.run, self.state
+        acc = MetricAccumulator()
+        t_log, steps_log, updates_log = time.perf_counter(), st.env_steps, st.updates
+        t_start, wall0 = time.perf_counter(), st.wall_s
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console, disable=not cfg.progress, transient=False,
+        )
+        with progress:
+            task = progress.add_task(f"{cfg.algo} {self.cfg.env.env_id}", total=cfg.steps, completed=st.env_steps,
+                                     info="")
+            while st.env_steps < cfg.steps:
+                stats = self.algo.train_iteration()
+                st.env_steps += stats.env_steps
+                st.episodes += stats.episodes
+                st.updates += stats.updates
+                st.iterations += 1
+                acc.add(stats.metrics)
+                if st.env_steps >= st.next_log or st.env_steps >= cfg.steps:
+                    now = time.perf_counter()
+                    dt = max(now - t_log, 1e-9)
+                    scalars = acc.pop()
+                    scalars["train/env_steps_per_s"] = (st.env_steps - steps_log) / dt
+                    scalars["train/updates_per_s"] = (st.updates - updates_log) / dt
+                    scalars["train/episodes"] = float(st.episodes)
+                    scalars["train/updates"] = float(st.updates)
+                    logger.event("train", st.env_steps, scalars)
+                    self.last_train = scalars
+                    t_log, steps_log, updates_log = now, st.env_steps, st.updates
+                    while st.next_log <= st.env_steps:
+                        st.next_log += max(cfg.log_interval, 1)
+                if cfg.eval_interval > 0 and st.env_steps >= st.next_eval and st.env_steps < cfg.steps:
+                    self.run_eval(logger)
+                    while st.next_eval <= st.env_steps:
+                        st.next_eval += cfg.eval_interval
+                st.wall_s = wall0 + time.perf_counter() - t_start
+                if cfg.save_interval > 0 and st.env_steps >= st.next_save and st.env_steps < cfg.steps:
+                    while st.next_save <= st.env_steps:
+                        st.next_save += cfg.save_interval
+                    path = self.save_checkpoint()
+                    logger.event("checkpoint", st.env_steps, path=str(path))
+                progress.update(task, completed=min(st.env_steps, cfg.steps), info=self._info())
+            self.run_eval(logger)
+            progress.update(task, info=self._info())
+        st.wall_s = wall0 + time.perf_counter() - t_start
+        path = self.save_checkpoint()
+        logger.event("checkpoint", st.env_steps, path=str(path))
+        wall = max(st.wall_s, 1e-9)
+        summary = RunSummary(
+            run_dir=str(self.run_dir), algo=cfg.algo, env_id=self.cfg.env.env_id, env_steps=st.env_steps,
+            episodes=st.episodes, updates=st.updates, wall_s=st.wall_s, env_steps_per_s=st.env_steps / wall,
+            updates_per_s=st.updates / wall, checkpoint=str(path), last_train=self.last_train,
+            last_eval=self.last_eval, warnings=self.warnings,
+        )
+        logger.event("end", st.env_steps, {k: v for k, v in vars(summary).items() if isinstance(v, int | float)})
+        return summary
+
+    def run_eval(self, logger: RunLogger) -> None:
+        self.last_eval = self.algo.evaluate(self.cfg.run.eval_episodes)
+        logger.event("eval", self.state.env_steps, self.last_eval)
+
+    def _info(self) -> str:
+        parts = []
+        for key, label in (("train/return", "ret"), ("train/win_rate", "win"), ("eval/return", "eval ret"),
+                           ("eval/win_rate", "eval win")):
+            src = self.last_eval if key.startswith("eval") else self.last_train
+            if key in src:
+                parts.append(f"{label} {src[key]:.3g}")
+        return "  ".join(parts)
+
+    def close(self) -> None:
+        close = getattr(self.algo, "close", None)
+        if callable(close):
+            close()
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def _spec_of(env_id: str) -> EnvSpec:
+    from marlctl.envs import env_spec
+
+    return env_spec(env_id)
+
+
+def _validate(cfg: TrainConfig, spec: EnvSpec) -> list[str]:
+    """Config errors raise here (before anything is written); warnings are returned for the log."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return check_against_env(cfg, spec)
+
+
+def _report_warnings(run: TrainingRun, logger: RunLogger, messages: list[str]) -> None:
+    for message in messages:
+        run.console.print(f"[yellow]warning:[/] {message}")
+        logger.event("warning", run.state.env_steps, message=message)
+    run.warnings = messages
+
+
+def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = None) -> RunSummary:
+    """Start a new run in ``run_dir`` (which must not exist or be empty)."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunDirError(f"{run_dir} already exists and is not empty: pass --resume {run_dir} to continue that "
+                          "run, or choose a new --out directory")
+    spec = _spec_of(cfg.env.env_id)
+    messages = _validate(cfg, spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    run = TrainingRun(cfg, run_dir, spec, console)
+    logger = RunLogger(run_dir)
+    try:
+        logger.event("start", 0, algo=cfg.run.algo, env_id=cfg.env.env_id, seed=cfg.run.seed,
+                     device=str(run.device))
+        _report_warnings(run, logger, messages)
+        summary = run.loop(logger)
+    finally:
+        logger.close()
+        run.close()
+    print_summary(summary, console)
+    return summary
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of an existing run directory (strict: unknown keys are errors)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a marlctl run directory: {path} is missing")
+    try:
+        sections = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path} is not valid JSON: {exc}") from None
+    return from_sections(sections)
+
+
+def resume_run(run_dir: str | Path, steps: int | None = None, console: Console | None = None) -> RunSummary:
+    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt`` up to ``steps`` (default: its budget).
+
+    Refuses (``CheckpointError``, nothing written) a missing, corrupt or foreign checkpoint."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if steps is not None:
+        cfg = cfg.replace(run=type(cfg.run)(**{**vars(cfg.run), "steps": int(steps)}))
+    try:
+        ckpt, file, sha = read_checkpoint(run_dir)
+    except ModelError as exc:
+        raise CheckpointError(f"cannot resume {run_dir}: {exc}") from None
+    spec = _spec_of(cfg.env.env_id)
+    messages = _validate(cfg, spec)
+    foreign = [f"{k}: checkpoint {ckpt.get(k)!r} vs run {want!r}" for k, want in
+               (("algo", cfg.run.algo), ("env_id", cfg.env.env_id), ("seed", cfg.run.seed)) if ckpt.get(k) != want]
+    if ckpt.get("env_spec") != spec.to_dict():
+        foreign.append("env_spec differs from the environment's current spec")
+    if foreign:
+        raise CheckpointError(f"cannot resume {run_dir}: {file} belongs to another run ({'; '.join(foreign)})")
+    run = TrainingRun(cfg, run_dir, spec, console)
+    try:
+        run.restore(ckpt, str(file))
+    except CheckpointError:
+        run.close()
+        raise
+    if steps is not None:
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    st = run.state
+    console.print(f"[bold]resumed[/] {run_dir} from {file.name} (sha256 {sha[:12]}): {cfg.run.algo} on "
+                  f"{cfg.env.env_id}, env step {st.env_steps:,} of {cfg.run.steps:,}, {st.episodes:,} episodes, "
+                  f"{st.updates:,} updates")
+    logger = RunLogger(run_dir)
+    try:
+        logger.event("resume", st.env_steps, checkpoint=str(file), sha256=sha, steps=cfg.run.steps)
+        _report_warnings(run, logger, messages)
+        summary = run.loop(logger)
+    finally:
+        logger.close()
+        run.close()
+    print_summary(summary, console)
+    return summary
+
+
+def print_summary(s: RunSummary, console: Console) -> None:
+    """The end-of-run one-screen summary."""
+    table = Table(title=f"marlctl train: {s.algo} on {s.env_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("env steps", f"{s.env_steps:,}")
+    table.add_row("episodes / updates", f"{s.episodes:,} / {s.updates:,}")
+    table.add_row("wall time", f"{s.wall_s:.1f} s")
+    table.add_row("throughput", f"{s.env_steps_per_s:,.0f} env-steps/s, {s.updates_per_s:,.1f} updates/s")
+    for key in ("train/return", "train/win_rate", "loss/td", "train/epsilon"):
+        if key in s.last_train:
+            table.add_row(key, f"{s.last_train[key]:.4g}")
+    for key in ("eval/return", "eval/win_rate", "eval/episode_length"):
+        if key in s.last_eval:
+            table.add_row(key, f"{s.last_eval[key]:.4g}")
+    for w in s.warnings:
+        table.add_row("[yellow]warning[/]", w)
+    table.add_row("run dir", s.run_dir)
+    table.add_row("checkpoint", s.checkpoint)
+    console.print(table)
