@@ -187,11 +187,17 @@ def load_payoff_file(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]]:
                     )
                 names = tuple(str(n) for n in doc.get("action_names", ()))
                 doc = doc["payoff"]
-            raw = np.array(doc)
     except PayoffFileError:
         raise
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise PayoffFileError(f"payoff file {str(p)!r} cannot be read: {exc}") from None
+    if p.suffix.lower() == ".json":
+        try:
+            raw = np.array(doc)
+        except ValueError:
+            raise PayoffFileError(
+                f"payoff file {str(p)!r}: ragged nested lists (rows of different lengths) are not a payoff tensor"
+            ) from None
     if raw.dtype.kind not in "iuf":
         raise PayoffFileError(
             f"payoff file {str(p)!r}: entries must be numbers (int or float), got dtype {raw.dtype}"
