@@ -12,7 +12,8 @@ How to add a value learner (QTRAN, ReMIX, ...): subclass ``ValueLearner`` and im
   (bool; ``batch.mask`` as float). Return a scalar loss tensor to minimize and a dict of floats to
   log, named by prefix (``loss/td``, ``loss/opt``, ``train/q_taken``...).
 
-Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` steps -> ``[B, T+1, N, A]``;
+Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` steps -> ``[B, T+1, N, A]``
+(``unroll(net, batch)`` does the same for any other per-agent network you build);
 ``taken(q, actions)`` gathers ``[B, T, N]``; ``next_agent_values(batch, q, target_q)`` applies double Q
 to get each agent's greedy next value ``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step,
 n-step or TD(lambda) targets per ``ValueLearnerConfig``; ``masked_mean(x_BT, batch)``.
@@ -78,7 +79,10 @@ class ValueLearner:
 
     def agent_q(self, batch: EpisodeBatch, target: bool = False) -> torch.Tensor:
         """Unroll the (target) agent over every step from a zero hidden state: Q ``[B, T+1, N, A]``."""
-        net: AgentNet = self.targets["agent"] if target else self.agent  # type: ignore[assignment]
+        return self.unroll(self.targets["agent"] if target else self.agent, batch)  # type: ignore[arg-type]
+
+    def unroll(self, net: AgentNet, batch: EpisodeBatch) -> torch.Tensor:
+        """Unroll any per-agent network (``B*N`` rows per step) over the batch: scores ``[B, T+1, N, A]``."""
         B, T1, N, _ = batch.obs.shape
         if B not in self._agent_ids:
             self._agent_ids[B] = torch.arange(N, device=self.device).repeat(B)  # [B*N]
