@@ -276,6 +276,7 @@ class LoopBatchedEnv:
         self.spec = self.envs[0].spec
         self.num_envs = num_envs
         self._seeded = False
+        self._avail: np.ndarray | None = None  # [B, N, A] of the views to act on
 
     def reset(self, seed: int | None = None) -> BatchStep:
         if seed is None and not self._seeded:
@@ -285,17 +286,20 @@ class LoopBatchedEnv:
             for b, env in enumerate(self.envs)
         ]
         self._seeded = True
-        return self._stack(steps, steps)
+        out = self._stack(steps, steps)
+        self._avail = out.avail
+        return out
 
     def step(self, actions: np.ndarray) -> BatchStep:
-        actions_BN = np.asarray(actions)
-        if actions_BN.ndim != 2 or actions_BN.shape[0] != self.num_envs:
-            raise InvalidActionError(
-                f"actions must have shape [{self.num_envs}, {self.spec.n_agents}], got {list(actions_BN.shape)}"
-            )
+        if self._avail is None:
+            raise EpisodeOverError(f"{self.spec.env_id}: call reset() before step()")
+        # Validate the whole batch first, so a bad action steps no environment.
+        actions_BN = validate_actions(actions, self._avail, self.spec)
         finals = [env.step(a) for env, a in zip(self.envs, actions_BN, strict=True)]
         nexts = [env.reset() if ts.done else ts for env, ts in zip(self.envs, finals, strict=True)]
-        return self._stack(nexts, finals)
+        out = self._stack(nexts, finals)
+        self._avail = out.avail
+        return out
 
     @staticmethod
     def _stack(nexts: list[TimeStep], finals: list[TimeStep]) -> BatchStep:
@@ -317,5 +321,6 @@ class LoopBatchedEnv:
         return self.envs[b].render()  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        self._avail = None
         for env in self.envs:
             env.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -344,3 +345,53 @@ def test_matrix_and_list_import_no_heavy_backend() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("env_id", ["hallway:limit=6", "predator_prey:agents=2,prey=1,grid=4,limit=8"])
+def test_loop_batched_env_matches_the_vectorized_batch(env_id: str) -> None:
+    """The generic loop-over-singles batch (used for GRF/SMAC) = the NumPy batch, auto-resets included."""
+    from marlctl.envs.vector import LoopBatchedEnv
+
+    loop = LoopBatchedEnv(lambda: make_env(env_id), 4)
+    vec = make_batched_env(env_id, 4)
+    a, b = loop.reset(SEED), vec.reset(SEED)
+    rng = np.random.default_rng(0)
+    done = 0
+    for _ in range(20):
+        for field in ("obs", "state", "avail", "final_obs", "final_state", "final_avail"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+        for field in ("reward", "terminated", "truncated", "won", "score"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+        actions = random_actions(a.avail, rng)
+        a, b = loop.step(actions), vec.step(actions)
+        done += int(a.done.sum())
+    assert done >= 4
+    bad = random_actions(a.avail, rng)
+    bad[2, 1] = -1
+    with pytest.raises(InvalidActionError, match="environment 2, agent 1"):
+        loop.step(bad)
+    before = [env.game.observe()[1] for env in loop.envs]  # each env's state [1, S]
+    with pytest.raises(InvalidActionError):
+        loop.step(bad)
+    after = [env.game.observe()[1] for env in loop.envs]
+    assert all(np.array_equal(x, y) for x, y in zip(before, after, strict=True)), "a refused batch steps no env"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "marlctl.cli.app", *args], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_cli_envs_list_and_check() -> None:
+    out = _cli("envs", "list")
+    assert out.returncode == 0, out.stderr
+    for name in ("matrix:SCENARIO", "hallway", "predator_prey", "gaussian_squeeze", "qtran, qtran21, tad, tad10"):
+        assert name in out.stdout
+    out = _cli("envs", "check", "hallway", "--episodes", "3", "--batch", "4", "--batch-steps", "10")
+    assert out.returncode == 0, out.stderr
+    assert "n_agents" in out.stdout and "random policy over 3 episodes" in out.stdout
+    assert "batched (4 envs, 10 steps)" in out.stdout and "env-steps/s" in out.stdout
+    out = _cli("envs", "check", "hallway:speed=3")
+    assert out.returncode == 2 and "unknown option 'speed'" in out.stderr and "valid options" in out.stderr
