@@ -36,6 +36,8 @@ CONFIGMAP_MAX_BYTES = 1_000_000
 """A ConfigMap holds at most 1 MiB; bigger models need pvc, image or url."""
 EPISODE_HEADER = "x-episode-id"
 """gRPC metadata key a unary client sets to its episode id, so a load balancer can hash on it."""
+DRAIN_EXIT_MARGIN_S = 5
+"""Seconds of the pod's termination grace kept back for the server to exit after its drain."""
 SHA_LABEL_LEN = 32
 """Hex digits of the model sha256 in the ``marl/model-sha256`` label (label values hold 63 chars at most)."""
 ANNOTATION_PREFIX = "marl"
@@ -216,10 +218,10 @@ def check_config(cfg: RenderConfig, model: ModelInfo) -> str:
     ):
         if not _QUANTITY.match(q):
             raise RenderInputError(f"{opt} {q!r} is not a Kubernetes quantity such as 500m, 1, 256Mi or 1Gi")
-    if cfg.prestop_sleep_seconds < 0 or cfg.termination_grace_seconds <= cfg.prestop_sleep_seconds:
+    if cfg.prestop_sleep_seconds < 0 or drain_grace_seconds(cfg) < 1:
         raise RenderInputError(
             f"--termination-grace ({cfg.termination_grace_seconds}s) must exceed the preStop pause "
-            f"({cfg.prestop_sleep_seconds}s) so live episodes get time to drain"
+            f"({cfg.prestop_sleep_seconds}s) plus {DRAIN_EXIT_MARGIN_S}s so live episodes get time to drain"
         )
     return team
 
@@ -303,14 +305,20 @@ def _init_container(cfg: RenderConfig, model: ModelInfo, index: int) -> dict[str
 def serve_args(cfg: RenderConfig, index: int, model_dir: str) -> list[str]:
     """Arguments of ``marlctl`` in the agent container (tests run exactly these, locally)."""
     return ["serve", model_dir, "--agent", str(index), "--host", "0.0.0.0", "--port", str(cfg.grpc_port),
-            "--metrics-port", str(cfg.metrics_port), "--max-episodes", str(cfg.max_episodes)]
+            "--metrics-port", str(cfg.metrics_port), "--max-episodes", str(cfg.max_episodes),
+            "--grace", str(drain_grace_seconds(cfg)), "--device", "cuda" if cfg.gpu else "cpu"]
+
+
+def drain_grace_seconds(cfg: RenderConfig) -> int:
+    """The server's SIGTERM drain: what the pod's grace leaves after the preStop pause, minus a margin to exit."""
+    return cfg.termination_grace_seconds - cfg.prestop_sleep_seconds - DRAIN_EXIT_MARGIN_S
 
 
 def runner_args(cfg: RenderConfig, env_id: str, addresses: list[str]) -> list[str]:
     """Arguments of ``marlctl`` in the runner Job (tests run exactly these, locally)."""
     return ["run", "--env", env_id, "--agents", ",".join(addresses), "--episodes", str(cfg.runner_episodes),
             "--concurrency", str(cfg.runner_concurrency), "--metrics-port", str(cfg.runner_metrics_port),
-            "--on-agent-failure", "noop"]
+            "--on-agent-failure", "noop", "--connect-timeout", "120"]
 
 
 def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:

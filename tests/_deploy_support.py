@@ -127,3 +127,65 @@ def metric_families(text: str) -> dict[str, Any]:
         name = fam.name + "_total" if fam.type == "counter" else fam.name
         out[name] = fam
     return out
+
+
+def replace_opt(args: list[str], opt: str, value: str) -> list[str]:
+    """``args`` with the value after ``opt`` replaced (the option must be there)."""
+    out = list(args)
+    out[out.index(opt) + 1] = value
+    return out
+
+
+@dataclass
+class LiveTeam:
+    """A rendered team run locally: each agent's and the runner's rendered container args, on localhost ports."""
+
+    agent_addrs: list[str]
+    agent_metrics_ports: list[int]
+    runner_metrics_port: int
+    procs: list[subprocess.Popen]
+    logs: list[Path]
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            stop_process(p)
+
+
+def start_rendered_team(render_out: Path, model_dir: Path, work: Path, bin_dir: Path = VENV_BIN,
+                        pacing_ms: float = 50.0) -> LiveTeam:
+    """Start `marlctl serve` per agent and `marlctl run` with the args of the rendered Deployments and Job.
+
+    Only what differs on a laptop is rewritten: the model path, bind host, ports and the agents'
+    addresses; the runner plays (practically) forever, paced, until ``stop``.
+    """
+    import yaml
+
+    team = LiveTeam([], [], 0, [], [])
+    try:
+        docs = [d for f in sorted(render_out.glob("agent-*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        for i, dep in enumerate(deployments):
+            args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+            port, mport = free_port(), free_port()
+            args = [str(model_dir) if a in ("/models", "/opt/marlctl/model") else a for a in args]
+            args = replace_opt(replace_opt(replace_opt(args, "--host", "127.0.0.1"), "--port", str(port)),
+                               "--metrics-port", str(mport))
+            log = work / f"agent-{i}.log"
+            team.procs.append(start_process(marlctl_cmd(bin_dir) + args, log))
+            team.logs.append(log)
+            team.agent_addrs.append(f"127.0.0.1:{port}")
+            team.agent_metrics_ports.append(mport)
+        for addr in team.agent_addrs:
+            poll(f"{addr} SERVING", lambda a=addr: grpc_serving(a), 90, team.procs, team.logs)
+        job = yaml.safe_load((render_out / "runner-job.yaml").read_text())
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        team.runner_metrics_port = free_port()
+        args = replace_opt(args, "--agents", ",".join(team.agent_addrs))
+        args = replace_opt(replace_opt(args, "--metrics-port", str(team.runner_metrics_port)), "--episodes", "1000000")
+        log = work / "runner.log"
+        team.procs.append(start_process(marlctl_cmd(bin_dir) + args + ["--step-interval-ms", str(pacing_ms)], log))
+        team.logs.append(log)
+    except BaseException:
+        team.stop()
+        raise
+    return team
