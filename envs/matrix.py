@@ -293,6 +293,8 @@ def _resolve(scenario: str | None, options: dict[str, str]) -> tuple[str, np.nda
     from marlctl.envs.registry import config_from_options, format_env_id
 
     cfg = config_from_options(MatrixConfig, "matrix", options)
+    if cfg.file:  # the id names the file absolutely, so a run dir or a runner elsewhere finds it again
+        options = {**options, "file": str(Path(cfg.file).expanduser().resolve())}
     env_id = format_env_id("matrix", scenario, options)
     if scenario is not None and cfg.file:
         raise EnvOptionError(f"{env_id!r}: give either a scenario or file=PATH, not both")
@@ -301,7 +303,7 @@ def _resolve(scenario: str | None, options: dict[str, str]) -> tuple[str, np.nda
             raise UnknownEnvError(
                 f"{env_id!r} names no game; valid: {', '.join('matrix:' + s for s in SCENARIOS)} or matrix:file=PATH"
             )
-        payoff, names = load_payoff_file(cfg.file)
+        payoff, names = load_payoff_file(options["file"])
         payoffs = payoff[None]
     elif scenario in SCENARIOS:
         payoffs, names, _ = SCENARIOS[scenario]

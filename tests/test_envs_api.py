@@ -311,7 +311,7 @@ def test_malformed_payoff_files(tmp_path: Path, content: str, suffix: str, says:
         make_env(f"matrix:file={tmp_path / 'missing.npy'}")
 
 
-def test_payoff_file_games(tmp_path: Path) -> None:
+def test_payoff_file_games(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 3-agent .npy tensor with unequal axes, and a .json with action names, behave as games."""
     rng = np.random.default_rng(0)
     payoff = rng.normal(size=(2, 3, 4))
@@ -328,7 +328,9 @@ def test_payoff_file_games(tmp_path: Path) -> None:
         env.step([2, 0, 0])
 
     (tmp_path / "named.json").write_text(json.dumps({"payoff": [[3, 0], [0, 1]], "action_names": ["hunt", "hare"]}))
-    env = make_env(f"matrix:file={tmp_path / 'named.json'}")
+    monkeypatch.chdir(tmp_path)
+    env = make_env("matrix:file=named.json")
+    assert env.spec.env_id == f"matrix:file={(tmp_path / 'named.json').resolve()}"
     assert env.spec.action_names == ("hunt", "hare")
     env.reset(0)
     assert env.step([1, 1]).reward == 1.0
