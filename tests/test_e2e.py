@@ -1,0 +1,76 @@
+"""End to end over real sockets and real processes: train -> export -> one `marlctl serve` process per agent ->
+`marlctl run` -> records -> replay; SMAX and GRF runs; a real Prometheus scraping two agent services."""
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from marlctl.serving.runner import EpisodeRunner, RunConfig
+from serving_procs import MARLCTL, export_random_team, free_port, start_agent, wait_until
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def _marlctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run([*MARLCTL, *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"marlctl {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def _prom_query(base: str, query: str) -> list[dict]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        doc = json.loads(resp.read())
+    assert doc["status"] == "success", doc
+    return doc["data"]["result"]
+
+
+@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian package prometheus not installed")
+def test_prometheus_scrapes_agent_decisions(tmp_path):
+    env_id = "predator_prey:agents=2,prey=1,grid=5,limit=20"
+    model = export_random_team(env_id, tmp_path / "model")
+    metrics_ports = [free_port(), free_port()]
+    agents = [start_agent(model, i, tmp_path, metrics_port=metrics_ports[i]) for i in range(2)]
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    targets = ", ".join(f"'127.0.0.1:{p}'" for p in metrics_ports)
+    config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+                      f"  - job_name: marl-agents\n    static_configs:\n      - targets: [{targets}]\n")
+    log = open(tmp_path / "prometheus.log", "wb")
+    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        result = EpisodeRunner(RunConfig(env_id=env_id, agents=tuple(a.address for a in agents), episodes=3,
+                                         concurrency=3, seed=1)).run()
+        decisions = sum(r.outcome.length for r in result.records)  # each agent decided every step
+        assert decisions > 0
+
+        def scraped() -> list[dict] | None:
+            if prom.poll() is not None:
+                raise AssertionError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+            try:
+                rows = _prom_query(base, 'sum by (agent) (marl_agent_decisions_total{code="OK"})')
+            except OSError:
+                return None  # not listening yet
+            values = {r["metric"]["agent"]: float(r["value"][1]) for r in rows}
+            return rows if values == {"0": decisions, "1": decisions} else None
+
+        wait_until(scraped, 90, f"Prometheus to report {decisions} decisions per agent", period_s=0.5)
+        up = _prom_query(base, 'up{job="marl-agents"}')
+        assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0]
+        info = _prom_query(base, "marl_agent_model_info")
+        assert {r["metric"]["algo"] for r in info} == {"untrained"}
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+        log.close()
+        for a in agents:
+            a.stop()
