@@ -39,6 +39,7 @@ EXTRA_IDS = (
     "matrix:tad10,task=6",
     "predator_prey:agents=2,prey=1,grid=5,punishment=0.5,reward=1,limit=20",
     "predator_prey:agents=4,prey=2,grid=7,view=3,limit=15",
+    "predator_prey:agents=4,prey=1,grid=3,limit=30",  # random captures end episodes at different steps
     "gaussian_squeeze:domains=2",
     "hallway:agents=3,length=6,limit=12",
 )
