@@ -32,7 +32,7 @@ def serve(
     idle_timeout: float = typer.Option(60.0, help="Seconds after which an idle unary episode is dropped."),
     max_message_bytes: int = typer.Option(4 * 1024 * 1024, help="Largest gRPC message accepted or sent."),
     grace: float = typer.Option(30.0, help="On SIGTERM, seconds live episodes may go on before they are ended."),
-    batching: str = typer.Option("auto", help="Micro-batching of concurrent episodes: auto, always or off."),
+    batching: str = typer.Option("auto", help="Micro-batching of concurrent episodes: auto, loop, thread or off."),
     device: str = typer.Option("auto", help="auto (CUDA when it loads, else CPU), cpu or cuda."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
@@ -91,7 +91,7 @@ def serve_team(
     metrics_base_port: int | None = typer.Option(None, help="Agent i exposes metrics on this + i."),
     max_episodes: int = typer.Option(1024, help="Per agent: bound on live episodes."),
     grace: float = typer.Option(30.0, help="Per agent: drain grace period on stop."),
-    batching: str = typer.Option("auto", help="auto, always or off."),
+    batching: str = typer.Option("auto", help="auto, loop, thread or off."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     log_level: str = typer.Option("warning", help="Log level of the agent processes."),
 ) -> None:

@@ -43,7 +43,7 @@ class ModelConfig:
     intra_op_threads: int = 1
     """ONNX Runtime intra-op threads (1: lowest per-decision latency for small agent networks)."""
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 64)
-    """Batch sizes run once at load, so the first real decisions do not pay for allocation."""
+    """Batch sizes run (and timed) at load, so the first real decisions do not pay for allocation."""
 
 
 @dataclass
@@ -59,8 +59,8 @@ class AgentModel:
     """Execution provider actually in use."""
     provider_note: str = ""
     """Why CUDA was or was not used."""
-    infer_b1_seconds: float = field(default=0.0)
-    """Median wall time of one batch-1 inference measured at warm-up."""
+    infer_seconds: dict[int, float] = field(default_factory=dict)
+    """Median wall time of one inference call per warm-up batch size (measured at load)."""
 
     @property
     def obs_dim(self) -> int:
@@ -203,24 +203,27 @@ def load_agent_model(model_dir: str | Path, agent_index: int, config: ModelConfi
     _check_graph(session, manifest, str(path))
     provider = session.get_providers()[0]
     model = AgentModel(model_dir, agent_index, manifest, digest, session, provider, note)
-    model.infer_b1_seconds = _warm_up(model, config.warmup_batch_sizes)
-    log.info("agent %d of %s loaded on %s (%s); batch-1 inference %.1f us", agent_index, model_dir, provider,
-             note, model.infer_b1_seconds * 1e6)
+    model.infer_seconds = _warm_up(model, config.warmup_batch_sizes)
+    log.info("agent %d of %s loaded on %s (%s); inference %s", agent_index, model_dir, provider, note,
+             ", ".join(f"batch {b}: {s * 1e6:.0f} us" for b, s in model.infer_seconds.items()))
     return model
 
 
-def _warm_up(model: AgentModel, batch_sizes: tuple[int, ...]) -> float:
-    """Run each batch size once (and batch 1 a few times); returns median batch-1 inference seconds."""
+def _warm_up(model: AgentModel, batch_sizes: tuple[int, ...]) -> dict[int, float]:
+    """Run every batch size (checking output shapes), then time each; returns median seconds per call."""
     rng = np.random.default_rng(0)
-    for B in (*batch_sizes, 1):
+    times: dict[int, float] = {}
+    for B in sorted({1, *batch_sizes}):
         obs_BO = rng.standard_normal((B, model.obs_dim)).astype(np.float32)
         avail_BA = np.ones((B, model.n_actions), bool)
-        action_B, scores_BA, hidden_BH = model.infer(obs_BO, np.full(B, -1, np.int64), avail_BA, model.initial_hidden(B))
+        prev_B, hidden_BH = np.full(B, -1, np.int64), model.initial_hidden(B)
+        action_B, scores_BA, _ = model.infer(obs_BO, prev_B, avail_BA, hidden_BH)
         if action_B.shape != (B,) or scores_BA.shape != (B, model.n_actions) or not np.isfinite(scores_BA).all():
             raise ModelDirError(f"agent {model.index}: warm-up at batch {B} gave malformed outputs")
-    times = []
-    for _ in range(21):
-        t0 = time.perf_counter()
-        model.infer(obs_BO[:1], np.full(1, -1, np.int64), avail_BA[:1], model.initial_hidden(1))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        samples = []
+        for _ in range(11):
+            t0 = time.perf_counter()
+            model.infer(obs_BO, prev_B, avail_BA, hidden_BH)
+            samples.append(time.perf_counter() - t0)
+        times[B] = float(np.median(samples))
+    return times

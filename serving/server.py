@@ -5,13 +5,16 @@ Design (DESIGN.md, "Agent service contract"; proto/agent.proto):
 - ``grpc.aio`` server with typed async handlers. Each episode's recurrent state and previous
   action live in an ``EpisodeTable`` bounded by ``max_episodes`` (RESOURCE_EXHAUSTED beyond);
   unary episodes expire after ``idle_timeout_s`` without a call.
-- Inference: ``MicroBatcher`` collects the decisions of concurrent episodes and runs them as one
-  ONNX Runtime call in a single worker thread, so the event loop never blocks on a batch and
-  the GIL is released during inference. ``batching="auto"`` (default) runs a decision inline
-  when nothing else is queued or running and the model's batch-1 call is cheap (measured at
-  warm-up, < ``inline_max_us``): a thread hand-off costs more than such a call. Under load,
-  requests queue while a batch runs and the next call takes them all. ``bench/serving.py``
-  measures ``off`` (always inline), ``always`` (always the worker) and ``auto``.
+- Inference: ``MicroBatcher`` collects the decisions that concurrent episodes ask for while the
+  event loop is busy and runs them as ONE ONNX Runtime call (rows = episodes). Where that call
+  runs is measured, not assumed (``bench/serving.py``; ``batching``):
+  ``thread``: in a single worker thread, so the loop never blocks on inference - right for big
+  models, but each hand-off costs a thread switch and GIL contention (tens to thousands of us
+  on a loaded CPU). ``loop``: on the event loop itself - for a small agent network a whole
+  batch takes tens of microseconds, less than one thread hand-off, so this is faster.
+  ``auto`` (default) picks ``loop`` when the warm-up measured the largest warm-up batch under
+  ``loop_max_us``, else ``thread``; with at most one live episode it decides inline at once
+  (nothing to batch with). ``off``: every decision inline, no batching (the baseline).
 - Every request is validated before it reaches a batch (lengths, NaN/Inf, all-false mask), so
   a batch holds only valid rows; a bad request fails only its own call/stream, and is logged.
 - Health (``grpc.health.v1``) is NOT_SERVING until the model is loaded, verified and warmed;
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_KEY = "x-request-id"
+BATCHING_MODES = ("auto", "loop", "thread", "off")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -79,19 +83,19 @@ class ServerConfig:
     grace_s: float = 30.0
     """On SIGTERM, how long live episodes may go on (match the pod's terminationGracePeriodSeconds)."""
     batching: str = "auto"
-    """``auto`` | ``always`` | ``off`` (see the module docstring)."""
+    """``auto`` | ``loop`` | ``thread`` | ``off`` (see the module docstring)."""
     max_batch: int = 256
     """Most decisions in one ONNX Runtime call."""
     batch_window_us: int = 0
     """Extra wait for more requests before a batch (0: take what is queued; load batches by itself)."""
-    inline_max_us: float = 100.0
-    """``auto`` runs a lone decision inline only when the batch-1 call measured at warm-up is faster."""
+    loop_max_us: float = 250.0
+    """``auto`` batches on the event loop when the warm-up's largest batch ran faster than this."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Device and ONNX Runtime thread settings."""
 
     def __post_init__(self) -> None:
-        if self.batching not in ("auto", "always", "off"):
-            raise AgentServiceError(f"batching {self.batching!r} not valid: choose auto, always or off")
+        if self.batching not in BATCHING_MODES:
+            raise AgentServiceError(f"batching {self.batching!r} not valid: choose {', '.join(BATCHING_MODES)}")
         if self.max_episodes < 1 or self.max_batch < 1:
             raise AgentServiceError("max_episodes and max_batch must be >= 1")
         if self.idle_timeout_s <= 0 or self.grace_s < 0:
@@ -185,32 +189,42 @@ DecisionOut = tuple[int, np.ndarray, np.ndarray, int, int]
 
 
 class MicroBatcher:
-    """Runs decisions of concurrent episodes as batched ONNX Runtime calls in one worker thread."""
+    """Runs the decisions of concurrent episodes as batched ONNX Runtime calls (see the module docstring)."""
 
-    def __init__(self, model: AgentModel, config: ServerConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, model: AgentModel, config: ServerConfig, metrics: ServerMetrics,
+                 live_episodes: Callable[[], int]) -> None:
         self.model = model
         self.config = config
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self._running = False
+        self._live_episodes = live_episodes
         self._inference = metrics.inference_seconds.labels(str(model.index))
-        self._inline_ok = config.batching == "off" or (
-            config.batching == "auto" and model.infer_b1_seconds * 1e6 < config.inline_max_us)
+        mode = config.batching
+        if mode == "auto":
+            largest = max(model.infer_seconds) if model.infer_seconds else 1
+            mode = "loop" if model.infer_seconds.get(largest, 1.0) * 1e6 < config.loop_max_us else "thread"
+        self.mode = mode
+        """The resolved mode: ``loop``, ``thread`` or ``off``."""
+        self._auto = config.batching == "auto"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort") if mode == "thread" else None
         self._task: asyncio.Task | None = None
+        log.info("batching: %s (configured %s)", self.mode, config.batching)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+        if self.mode != "off":
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     async def decide(self, obs_O: np.ndarray, prev_action: int, avail_A: np.ndarray, hidden_1H: np.ndarray
                      ) -> DecisionOut:
-        if self.config.batching == "off" or (self._inline_ok and not self._running and not self._pending):
+        if self.mode == "off" or (self._auto and self._live_episodes() <= 1 and not self._pending and not self._running):
             t0 = time.perf_counter_ns()
             action_B, scores_BA, hidden_BH = self.model.infer(
                 obs_O[None], np.array([prev_action], np.int64), avail_A[None], hidden_1H)
@@ -242,8 +256,11 @@ class MicroBatcher:
             self._running = True
             t0 = time.perf_counter_ns()
             try:
-                action_B, scores_BA, hidden_out_BH = await loop.run_in_executor(
-                    self._pool, self.model.infer, obs_BO, prev_B, avail_BA, hidden_BH)
+                if self._pool is not None:
+                    action_B, scores_BA, hidden_out_BH = await loop.run_in_executor(
+                        self._pool, self.model.infer, obs_BO, prev_B, avail_BA, hidden_BH)
+                else:
+                    action_B, scores_BA, hidden_out_BH = self.model.infer(obs_BO, prev_B, avail_BA, hidden_BH)
             except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
                 log.exception("inference failed for a batch of %d", len(batch))
                 for p in batch:
@@ -279,7 +296,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def attach(self, model: AgentModel) -> None:
         self.model = model
         self.episodes = EpisodeTable(self.config.max_episodes, model.hidden_dim, self._live_gauge.set)
-        self.batcher = MicroBatcher(model, self.config, self.metrics)
+        self.batcher = MicroBatcher(model, self.config, self.metrics, self.episodes.__len__)
         self.batcher.start()
         self._ok_counter = self._counter(grpc.StatusCode.OK)
         self.metrics.model_info.labels(self._agent, model.manifest["algorithm"], model.sha256).set(1)

@@ -39,7 +39,7 @@ def test_export_and_serve_refuse_bad_input_with_exit_2(model_dir, tmp_path):
     r = marlctl("serve", str(model_dir), "--agent", "5", "--port", "0")
     assert r.returncode == 2 and "agents 0..1" in r.stderr
     r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--batching", "sometimes")
-    assert r.returncode == 2 and "auto, always or off" in r.stderr
+    assert r.returncode == 2 and "auto, loop, thread, off" in r.stderr
 
 
 def _serving(target: str) -> bool:

@@ -20,6 +20,7 @@ from marlctl.serving.server import SERVICE_NAME, ServerConfig
 from serving_helpers import ServerThread, export_model, free_port, wait_for
 
 OBS_DIM, N_ACTIONS = 10, 2
+BATCH_SIZES: list[int] = []  # server-reported batch size of every decision the helpers below received
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,7 @@ def obs_msg(obs_O: np.ndarray, avail_A: np.ndarray) -> agent_pb2.Observation:
 def run_stream(stub, obs_TO: np.ndarray, avail_TA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     decisions = list(stub.Episode(obs_msg(o, a) for o, a in zip(obs_TO, avail_TA, strict=True)))
     assert [d.step for d in decisions] == list(range(len(obs_TO)))
+    BATCH_SIZES.extend(d.timing.batch_size for d in decisions)
     return np.array([d.action for d in decisions]), np.array([list(d.scores) for d in decisions], np.float32)
 
 
@@ -83,6 +85,7 @@ def run_unary(stub, eid: str, obs_TO: np.ndarray, avail_TA: np.ndarray) -> tuple
                                                 observation=obs_msg(obs_TO[t], avail_TA[t])))
         actions.append(d.action)
         scores.append(list(d.scores))
+        BATCH_SIZES.append(d.timing.batch_size)
     return np.array(actions), np.array(scores, np.float32)
 
 
@@ -178,8 +181,12 @@ def test_bad_requests_do_not_harm_a_concurrent_episode(model_dir, stub):
     np.testing.assert_allclose([list(d.scores) for d in decisions], ref_q, atol=1e-6)
 
 
-def test_micro_batched_concurrent_episodes_match_reference(model_dir):
-    st = make_server(model_dir, batching="always")
+@pytest.mark.parametrize("mode", ["loop", "thread"])
+def test_micro_batched_concurrent_episodes_match_reference(model_dir, mode):
+    # a long batch window makes the 8 lock-stepped episodes land in shared batches
+    st = make_server(model_dir, batching=mode, batch_window_us=20_000)
+    assert st.server.servicer.batcher.mode == mode
+    BATCH_SIZES.clear()
     try:
         stub = agent_pb2_grpc.AgentServiceStub(st.channel())
         inputs = [episode_inputs(100 + k, T=8) for k in range(8)]
@@ -200,6 +207,7 @@ def test_micro_batched_concurrent_episodes_match_reference(model_dir):
         for k, (ref_a, ref_q) in enumerate(refs):
             np.testing.assert_array_equal(results[k][0], ref_a)
             np.testing.assert_allclose(results[k][1], ref_q, atol=1e-5)
+        assert max(BATCH_SIZES) >= 2, "no decision was micro-batched"
         text = urllib.request.urlopen(f"http://127.0.0.1:{st.server.metrics_port}/metrics", timeout=10).read().decode()
         assert "marl_agent_inference_seconds_count" in text
     finally:

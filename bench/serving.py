@@ -1,0 +1,377 @@
+"""Serving benchmark: decision latency and throughput of the agent service vs in-process baselines.
+
+Systems: our service (``marlctl serve``, bidirectional stream and unary, batching modes), in-process
+ONNX Runtime, in-process PyTorch, and a plain gRPC server calling PyTorch per request (the sync
+``grpc.server`` + thread pool a user would write first). Servers run as separate processes; the
+client is one ``grpc.aio`` process with K concurrent episodes (each a 100-step episode loop:
+observation out, decision back, next observation). In-process baselines at K concurrent episodes
+run one batched call of K rows per step. Writes ``bench/results/serving.{json,md}``.
+
+    python bench/serving.py [--seconds 2] [--concurrency 1,16,64,256]
+
+Bounded: about (#systems x #concurrency x seconds) plus server start-ups; ~2-4 minutes by default.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ENV_ID = "predator_prey:agents=3,prey=2,grid=7"  # obs 77, 6 actions, 3 agents: a realistic small agent
+HIDDEN = 64
+EPISODE_LEN = 100
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Cell:
+    system: str
+    concurrency: int
+    decisions_per_s: float
+    p50_us: float
+    p99_us: float
+    decisions: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_team(workdir: Path) -> tuple[Path, Path]:
+    """A deterministic checkpoint (contract format) and its exported model dir."""
+    import torch
+    from marlctl.agents.export import ExportConfig, export_team
+    from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+    from marlctl.envs import env_spec
+
+    spec = env_spec(ENV_ID)
+    torch.manual_seed(0)
+    net = AgentNet(AgentNetConfig(obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
+                                  hidden_dim=HIDDEN))
+    ckpt = {"format": "marlctl.checkpoint", "version": 1, "algo": "qtran-base", "env_id": ENV_ID,
+            "env_spec": spec.to_dict(), "env_steps": 0, "seed": 0,
+            "agent": {"kind": "q", "config": net.config.to_dict(), "state_dict": net.state_dict()},
+            "algorithm": {}, "run": {}, "config": {}}
+    path = workdir / "checkpoints" / "latest.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(ckpt, path)
+    model_dir = workdir / "model"
+    export_team(path, model_dir, config=ExportConfig(verify_episodes=1, verify_max_steps=50))
+    return path, model_dir
+
+
+def episode_data(obs_dim: int, n_actions: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs_TO = rng.standard_normal((EPISODE_LEN, obs_dim)).astype(np.float32)
+    avail_TA = rng.random((EPISODE_LEN, n_actions)) < 0.8
+    avail_TA[:, 4] = True
+    return obs_TO, avail_TA
+
+
+# ---- the naive server: sync grpc.server + thread pool + PyTorch per request -------------------------
+def naive_server(checkpoint: str, port: int) -> None:
+    import grpc
+    import torch
+    from marlctl.agents.bundle import load_agent_bundle
+    from marlctl.agents.recurrent import GreedyAgentPolicy
+    from marlctl.proto import agent_pb2, agent_pb2_grpc
+
+    torch.set_num_threads(1)
+    bundle = load_agent_bundle(checkpoint)
+    policy = GreedyAgentPolicy(bundle.net, 0).eval()
+    states: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def decide(obs, avail, hidden, prev):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            a, q, h = policy(torch.tensor([list(obs)]), torch.tensor([prev]), torch.tensor([list(avail)]), hidden)
+        return int(a[0]), q[0].tolist(), h
+
+    class Naive(agent_pb2_grpc.AgentServiceServicer):
+        def Episode(self, request_iterator, context):  # noqa: ANN001, ANN201, N802
+            hidden, prev = bundle.net.initial_hidden(1), -1
+            for step, msg in enumerate(request_iterator):
+                prev, scores, hidden = decide(msg.obs, msg.avail_actions, hidden, prev)
+                yield agent_pb2.Decision(action=prev, scores=scores, step=step)
+
+        def Decide(self, request, context):  # noqa: ANN001, ANN201, N802
+            if not request.HasField("observation"):
+                states.pop(request.episode_id, None)
+                return agent_pb2.Decision(action=-1)
+            hidden, prev = (bundle.net.initial_hidden(1), -1) if request.start else states[request.episode_id]
+            a, scores, hidden = decide(request.observation.obs, request.observation.avail_actions, hidden, prev)
+            if request.end:
+                states.pop(request.episode_id, None)
+            else:
+                states[request.episode_id] = (hidden, a)
+            return agent_pb2.Decision(action=a, scores=scores)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=300))
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(Naive(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("READY", flush=True)
+    server.wait_for_termination()
+
+
+# ---- clients --------------------------------------------------------------------------------------
+async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_TO, avail_TA) -> Cell:
+    import grpc
+    from marlctl.proto import agent_pb2, agent_pb2_grpc
+
+    msgs = [agent_pb2.Observation(obs=o.tolist(), avail_actions=a.tolist()) for o, a in zip(obs_TO, avail_TA, strict=True)]
+    lat: list[float] = []
+    counts = [0] * concurrency
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = agent_pb2_grpc.AgentServiceStub(ch)
+        warm_until = time.perf_counter() + min(0.5, seconds / 4)
+        stop_at = warm_until + seconds
+
+        async def stream_worker(k: int) -> None:
+            while time.perf_counter() < stop_at:
+                call = stub.Episode()
+                for m in msgs:
+                    t0 = time.perf_counter()
+                    await call.write(m)
+                    await call.read()
+                    t1 = time.perf_counter()
+                    if t0 > warm_until and t1 < stop_at:
+                        lat.append(t1 - t0)
+                        counts[k] += 1
+                    if t1 >= stop_at:
+                        break
+                await call.done_writing()
+                await call.code()
+
+        async def unary_worker(k: int) -> None:
+            e = 0
+            while time.perf_counter() < stop_at:
+                eid = f"w{k}-e{e}"
+                e += 1
+                for t, m in enumerate(msgs):
+                    t0 = time.perf_counter()
+                    await stub.Decide(agent_pb2.DecideRequest(episode_id=eid, start=t == 0, end=t == len(msgs) - 1,
+                                                              observation=m))
+                    t1 = time.perf_counter()
+                    if t0 > warm_until and t1 < stop_at:
+                        lat.append(t1 - t0)
+                        counts[k] += 1
+                    if t1 >= stop_at:
+                        if t != len(msgs) - 1:
+                            await stub.Decide(agent_pb2.DecideRequest(episode_id=eid, end=True))
+                        break
+
+        worker = stream_worker if mode == "stream" else unary_worker
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    n = sum(counts)
+    lat_us = np.array(lat) * 1e6
+    return Cell("", concurrency, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
+
+
+def bench_service(target: str, mode: str, concurrency: int, seconds: float, obs_TO, avail_TA) -> Cell:
+    return asyncio.run(_client(target, mode, concurrency, seconds, obs_TO, avail_TA))
+
+
+def bench_in_process(kind: str, model_dir: Path, checkpoint: Path, concurrency: int, seconds: float,
+                     obs_TO, avail_TA) -> Cell:
+    """K episodes stepped together: one batched call of K rows per step (hidden carried)."""
+    K = concurrency
+    obs_KTO = np.repeat(obs_TO[None], K, 0)
+    avail_KTA = np.repeat(avail_TA[None], K, 0)
+    if kind == "onnxruntime":
+        from marlctl.serving.model import load_agent_model
+
+        model = load_agent_model(model_dir, 0)
+        hidden = model.initial_hidden(K)
+
+        def step(t: int, prev, hidden):  # noqa: ANN001, ANN202
+            a, _, h = model.infer(obs_KTO[:, t], prev, avail_KTA[:, t], hidden)
+            return a, h
+    else:
+        import torch
+        from marlctl.agents.bundle import load_agent_bundle
+        from marlctl.agents.recurrent import GreedyAgentPolicy
+
+        torch.set_num_threads(1)
+        bundle = load_agent_bundle(checkpoint)
+        policy = GreedyAgentPolicy(bundle.net, 0).eval()
+        hidden = bundle.net.initial_hidden(K)
+
+        def step(t: int, prev, hidden):  # noqa: ANN001, ANN202
+            with torch.no_grad():
+                a, _, h = policy(torch.from_numpy(obs_KTO[:, t]), torch.from_numpy(prev),
+                                 torch.from_numpy(avail_KTA[:, t]), hidden)
+            return a.numpy(), h
+
+    lat: list[float] = []
+    n = 0
+    prev = np.full(K, -1, np.int64)
+    warm_until = time.perf_counter() + min(0.5, seconds / 4)
+    stop_at = warm_until + seconds
+    t = 0
+    while True:
+        t0 = time.perf_counter()
+        prev, hidden = step(t, prev, hidden)
+        t1 = time.perf_counter()
+        if t1 >= stop_at:
+            break
+        if t0 > warm_until:
+            lat.append(t1 - t0)
+            n += K
+        t = (t + 1) % EPISODE_LEN
+        if t == 0:
+            prev = np.full(K, -1, np.int64)
+    lat_us = np.array(lat) * 1e6
+    return Cell(kind, K, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
+
+
+def start_process(cmd: list[str], target: str, ready_timeout: float = 120.0) -> subprocess.Popen:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from marlctl.proto import agent_pb2, agent_pb2_grpc
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + ready_timeout
+    with grpc.insecure_channel(target) as ch:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+            try:  # our server: health SERVING; the naive server has no health service, so GetSpec/Decide probe
+                if health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return proc
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    try:
+                        agent_pb2_grpc.AgentServiceStub(ch).GetSpec(agent_pb2.GetSpecRequest(), timeout=1)
+                    except grpc.RpcError as exc2:
+                        if exc2.code() == grpc.StatusCode.UNIMPLEMENTED:
+                            return proc
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{cmd} not ready after {ready_timeout}s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per cell")
+    ap.add_argument("--concurrency", default="1,16,64,256", help="concurrent episodes per cell")
+    ap.add_argument("--modes", default="auto,loop,thread,off", help="batching modes of our server to measure (stream)")
+    ap.add_argument("--naive-server", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server[0], int(args.naive_server[1]))
+        return
+    Ks = [int(k) for k in args.concurrency.split(",")]
+    modes = args.modes.split(",")
+    cells: list[Cell] = []
+
+    def record(system: str, cell: Cell) -> None:
+        cell.system = system
+        cells.append(cell)
+        print(f"{system:28s} K={cell.concurrency:<4d} {cell.decisions_per_s:10.0f} dec/s  "
+              f"p50 {cell.p50_us:8.1f} us  p99 {cell.p99_us:8.1f} us", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, model_dir = make_team(Path(tmp))
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        obs_TO, avail_TA = episode_data(manifest["obs_dim"], manifest["n_actions"])
+        for kind in ("onnxruntime", "pytorch"):
+            for K in Ks:
+                record(f"in-process {kind}", bench_in_process(kind, model_dir, checkpoint, K, args.seconds, obs_TO, avail_TA))
+        for mode in modes:
+            port = free_port()
+            proc = start_process([sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0",
+                                  "--host", "127.0.0.1", "--port", str(port), "--batching", mode,
+                                  "--log-level", "error", "--grace", "1"], f"127.0.0.1:{port}")
+            try:
+                for call in ("stream", "unary") if mode == "auto" else ("stream",):
+                    for K in Ks:
+                        cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA)
+                        record(f"marlctl serve {call} ({mode})", cell)
+            finally:
+                stop_process(proc)
+        port = free_port()
+        proc = start_process([sys.executable, __file__, "--naive-server", str(checkpoint), str(port)], f"127.0.0.1:{port}")
+        try:
+            for call in ("stream", "unary"):
+                for K in Ks:
+                    record(f"plain gRPC + PyTorch {call}", bench_service(f"127.0.0.1:{port}", call, K, args.seconds,
+                                                                        obs_TO, avail_TA))
+        finally:
+            stop_process(proc)
+    write_results(cells, args, manifest)
+
+
+def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -> None:
+    import onnxruntime
+    import torch
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ort_by_k = {c.concurrency: c for c in cells if c.system == "in-process onnxruntime"}
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "env_id": ENV_ID, "obs_dim": manifest["obs_dim"],
+        "n_actions": manifest["n_actions"], "hidden_dim": manifest["hidden_dim"], "seconds_per_cell": args.seconds,
+        "episode_len": EPISODE_LEN, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+        "note": "client and server share the machine's cores; the client is one Python grpc.aio process",
+    }
+    data = {"meta": meta, "cells": [c.__dict__ for c in cells]}
+    tmp = RESULTS / ".serving.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, RESULTS / "serving.json")
+    Ks = sorted({c.concurrency for c in cells})
+    systems = list(dict.fromkeys(c.system for c in cells))
+    by = {(c.system, c.concurrency): c for c in cells}
+    lines = [f"# Serving benchmark ({meta['date']})", "",
+             f"Agent: {ENV_ID} (obs {meta['obs_dim']}, {meta['n_actions']} actions, GRU hidden {meta['hidden_dim']}); "
+             f"{meta['cpu_count']} CPU cores shared by client and server; {args.seconds:g} s per cell; "
+             f"onnxruntime {meta['onnxruntime']}, torch {meta['torch']}.", "",
+             "## One episode (K=1): decision latency", "",
+             "| system | p50 us | p99 us | decisions/s | p50 / in-process ORT |", "|---|---:|---:|---:|---:|"]
+    for s in systems:
+        c = by.get((s, 1))
+        if c:
+            ratio = c.p50_us / ort_by_k[1].p50_us if 1 in ort_by_k else float("nan")
+            lines.append(f"| {s} | {c.p50_us:.0f} | {c.p99_us:.0f} | {c.decisions_per_s:,.0f} | {ratio:.1f}x |")
+    lines += ["", "## Throughput: decisions/s with K concurrent episodes (ratio to in-process ONNX Runtime)", "",
+              "| system | " + " | ".join(f"K={k}" for k in Ks) + " |", "|---|" + "---:|" * len(Ks)]
+    for s in systems:
+        row = []
+        for k in Ks:
+            c = by.get((s, k))
+            ratio = c.decisions_per_s / ort_by_k[k].decisions_per_s if c and k in ort_by_k else float("nan")
+            row.append(f"{c.decisions_per_s:,.0f} ({ratio:.2f})" if c else "-")
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    lines += ["", "p50/p99 of a service cell = client-side round trip of one decision (observation written to "
+              "decision read) while K episodes run; in-process cells time one batched call of K rows.", ""]
+    tmp = RESULTS / ".serving.md.tmp"
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, RESULTS / "serving.md")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
