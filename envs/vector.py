@@ -194,7 +194,7 @@ class GameBatchedEnv:
         truncated_B = ~terminated_B & (self._t_B >= self.spec.episode_limit)
         done_B = terminated_B | truncated_B
         final_obs, final_state, final_avail = self.game.observe()
-        obs, state, avail = final_obs, final_state, final_avail
+        obs, state, avail = final_obs.copy(), final_state.copy(), final_avail.copy()  # no aliasing of final_*
         if done_B.any():
             self.game.reset_where(done_B)
             self._t_B[done_B] = 0

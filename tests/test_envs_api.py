@@ -338,12 +338,14 @@ def test_payoff_file_games(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_matrix_and_list_import_no_heavy_backend() -> None:
-    """A matrix game and `envs list` must not import torch, JAX, the football engine or StarCraft."""
+    """Games, `envs list` and `envs check` of a game must not import torch, JAX, the football engine or StarCraft."""
     code = (
         "import sys\n"
         "from marlctl.envs import make_batched_env, make_env, list_families\n"
         "make_env('matrix:qtran').reset(0); make_batched_env('predator_prey', 2).reset(0)\n"
         "list_families()\n"
+        "from marlctl.cli.envs_cmd import CheckConfig, run_check\n"
+        "run_check(CheckConfig('hallway', episodes=2, batch=2, batch_steps=3))\n"
         "heavy = [m for m in ('torch', 'jax', 'jaxmarl', 'gfootball', 'smac', 'pysc2') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
