@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 import typer
-from marlctl.cli.common import console, handle_user_errors
+from marlctl.cli.common import console, fail, handle_user_errors
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class CheckReport:
     returns: list[float]
     lengths: list[int]
     wins: int
+    deterministic: bool
+    """Episode 0 replayed from its seed and actions gave the same observations and rewards."""
     single_steps_per_s: float
     batched_steps_per_s: float | None
     batched_episodes: int
@@ -50,22 +52,31 @@ def run_check(cfg: CheckConfig) -> CheckReport:
     returns: list[float] = []
     lengths: list[int] = []
     wins = steps = 0
+    first: list[tuple[np.ndarray, np.ndarray, float]] = []  # episode 0: (actions, obs, reward) per step
     t0 = time.perf_counter()
     try:
         for ep in range(cfg.episodes):
             ts = env.reset(cfg.seed) if ep == 0 else env.reset()
             ret, length = 0.0, 0
             while not ts.done:
-                ts = env.step(random_actions(ts.avail, rng))
+                actions = random_actions(ts.avail, rng)
+                ts = env.step(actions)
+                if ep == 0:
+                    first.append((actions, ts.obs.copy(), ts.reward))
                 ret += ts.reward
                 length += 1
             returns.append(ret)
             lengths.append(length)
             wins += bool(ts.info["won"])
             steps += length
+        single_rate = steps / max(time.perf_counter() - t0, 1e-9)
+        env.reset(cfg.seed)
+        replay = [env.step(a) for a, _, _ in first]
+        deterministic = all(
+            np.array_equal(r.obs, obs) and r.reward == rew for r, (_, obs, rew) in zip(replay, first, strict=True)
+        )
     finally:
         env.close()
-    single_rate = steps / max(time.perf_counter() - t0, 1e-9)
 
     batched_rate, batched_eps = None, 0
     if cfg.batch > 0:
@@ -80,7 +91,7 @@ def run_check(cfg: CheckConfig) -> CheckReport:
             batched_rate = cfg.batch_steps * cfg.batch / max(time.perf_counter() - t0, 1e-9)
         finally:
             benv.close()
-    return CheckReport(returns, lengths, wins, single_rate, batched_rate, batched_eps)
+    return CheckReport(returns, lengths, wins, deterministic, single_rate, batched_rate, batched_eps)
 
 
 def register(app: typer.Typer) -> None:
@@ -137,6 +148,9 @@ def register(app: typer.Typer) -> None:
             f"(min {min(rep.returns):.3f}, max {max(rep.returns):.3f}), length mean {mean_len:.1f}"
             + (f", won {rep.wins}/{episodes}" if spec.has_won else "")
         )
+        if not rep.deterministic:
+            raise fail(f"{spec.env_id}: replaying episode 0 from its seed and actions gave a different episode")
+        console.print("same seed + actions -> same episode: yes")
         console.print(f"single env: {rep.single_steps_per_s:,.0f} env-steps/s")
         if rep.batched_steps_per_s is not None:
             console.print(

@@ -397,6 +397,7 @@ def test_cli_envs_list_and_check() -> None:
     out = _cli("envs", "check", "hallway", "--episodes", "3", "--batch", "4", "--batch-steps", "10")
     assert out.returncode == 0, out.stderr
     assert "n_agents" in out.stdout and "random policy over 3 episodes" in out.stdout
+    assert "same seed + actions -> same episode: yes" in out.stdout
     assert "batched (4 envs, 10 steps)" in out.stdout and "env-steps/s" in out.stdout
     out = _cli("envs", "check", "hallway:speed=3")
     assert out.returncode == 2 and "unknown option 'speed'" in out.stderr and "valid options" in out.stderr
