@@ -1,0 +1,475 @@
+"""SMAX family: StarCraft micro scenarios in JAX (jaxmarl 0.2.0) behind the marlctl Env protocol.
+
+Ids ``smax:<map>[,limit=N][,enemy=closest|random]``. The enemy team is jaxmarl's scripted
+``HeuristicEnemySMAX``; the agents are the allied units. Per-agent observations are jaxmarl's
+``unit_list`` features, the global state is jaxmarl's ``world_state`` and the avail mask is
+jaxmarl's (a dead unit may only ``stop``). The reward is jaxmarl's team reward (enemy health
+removed, normalised, plus 1 for a won battle).
+
+Randomness is one JAX key stream per environment: environment ``b`` of a run seeded ``seed``
+starts from ``fold_in(PRNGKey(seed), b)``; every step splits the stream into (next stream,
+step key, reset key), and an auto-reset (batched) or ``reset(None)`` (single) starts the next
+episode from that step's reset key. So a single env reset with ``(seed, index=b)`` replays
+batched environment ``b`` episode after episode, and the same seed always gives the same episode.
+
+The batched env steps all ``B`` environments in ONE jitted, vmapped call (step, auto-reset of
+finished ones, views of both) and hands the results to NumPy without copies (``np.asarray``
+of a CPU jax array is a view). On an accelerator, ``torch.from_dlpack(jax_array)`` shares
+the memory with PyTorch instead; the jax arrays of the last step are kept in
+``SmaxBatchedEnv.last_device_arrays`` for that purpose.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from marlctl.envs.base import BatchStep, EnvFamily, EnvSpec, TimeStep
+from marlctl.envs.errors import (
+    BackendUnavailableError,
+    EnvOptionError,
+    EpisodeOverError,
+    InvalidActionError,
+    UnknownEnvError,
+)
+
+# Every scenario jaxmarl 0.2.0 registers in jaxmarl.environments.smax.smax_env.MAP_NAME_TO_SCENARIO.
+MAPS: tuple[str, ...] = (
+    "3m",
+    "2s3z",
+    "25m",
+    "3s5z",
+    "8m",
+    "5m_vs_6m",
+    "10m_vs_11m",
+    "27m_vs_30m",
+    "3s5z_vs_3s6z",
+    "3s_vs_5z",
+    "6h_vs_8z",
+    "smacv2_5_units",
+    "smacv2_10_units",
+    "smacv2_20_units",
+)
+DEFAULT_EPISODE_LIMIT = 100  # jaxmarl's SMAX default ``max_steps``, used by the JaxMARL SMAX baselines
+ENEMY_MODES = ("closest", "random")
+MAX_SEED = 2**32 - 1
+
+FAMILY = EnvFamily(
+    name="smax",
+    summary="StarCraft II micro in JAX (jaxmarl SMAX, heuristic enemy); no game binary needed",
+    scenarios=MAPS,
+    options=(
+        ("limit", f"episode limit in steps ({DEFAULT_EPISODE_LIMIT}, jaxmarl's default)"),
+        ("enemy", "heuristic enemy's target choice: closest | random (closest)"),
+    ),
+    backend_module="jaxmarl",
+)
+
+# Movement actions of SMAX's discrete action space; attack actions follow, one per enemy.
+MOVE_ACTION_NAMES = ("move_north", "move_east", "move_south", "move_west", "stop")
+
+
+@dataclass(frozen=True)
+class SmaxConfig:
+    """One SMAX environment: which map and how the episode and the enemy behave."""
+
+    map_name: str
+    """A jaxmarl SMAX scenario name (one of ``MAPS``)."""
+    episode_limit: int = DEFAULT_EPISODE_LIMIT
+    """Steps after which the episode is truncated (jaxmarl ``max_steps``)."""
+    enemy_attack_mode: str = "closest"
+    """How the heuristic enemy picks targets: ``closest`` or ``random``."""
+
+    @property
+    def env_id(self) -> str:
+        parts = [f"smax:{self.map_name}"]
+        if self.episode_limit != DEFAULT_EPISODE_LIMIT:
+            parts.append(f"limit={self.episode_limit}")
+        if self.enemy_attack_mode != "closest":
+            parts.append(f"enemy={self.enemy_attack_mode}")
+        return ",".join(parts)
+
+
+def parse_config(scenario: str | None, options: dict[str, str]) -> SmaxConfig:
+    """Validate a scenario and options into a config; errors name what is valid."""
+    if not scenario:
+        raise UnknownEnvError(f"smax needs a map, e.g. smax:3m; valid maps: {', '.join(MAPS)}")
+    if scenario not in MAPS:
+        raise UnknownEnvError(f"unknown SMAX map {scenario!r}; valid maps: {', '.join(MAPS)}")
+    valid = {name for name, _ in FAMILY.options}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise EnvOptionError(f"unknown smax option(s) {unknown}; valid options: {sorted(valid)}")
+    limit = DEFAULT_EPISODE_LIMIT
+    if "limit" in options:
+        try:
+            limit = int(options["limit"])
+        except ValueError:
+            raise EnvOptionError(f"smax option limit={options['limit']!r} is not an integer >= 1") from None
+        if limit < 1:
+            raise EnvOptionError(f"smax option limit={limit} must be an integer >= 1")
+    enemy = options.get("enemy", "closest")
+    if enemy not in ENEMY_MODES:
+        raise EnvOptionError(f"smax option enemy={enemy!r}; valid values: {', '.join(ENEMY_MODES)}")
+    return SmaxConfig(map_name=scenario, episode_limit=limit, enemy_attack_mode=enemy)
+
+
+def check_seed(seed: int) -> int:
+    """A seed must be an integer in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) <= MAX_SEED:
+        raise EnvOptionError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return int(seed)
+
+
+@contextlib.contextmanager
+def _quiet_jaxmarl_import() -> Iterator[None]:
+    """Swallow jaxmarl's import-time prints and undo its reset of sys.stdout/stderr to the originals.
+
+    jaxmarl 0.2.0 prints two lines on import and, around its brax import, sets ``sys.stdout``
+    and ``sys.stderr`` to ``sys.__stdout__``/``sys.__stderr__`` (which breaks redirections such
+    as pytest's capture); both streams, and their ``__`` originals, are put back afterwards.
+    """
+    saved = sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__
+    sink = io.StringIO()
+    sys.stdout = sys.__stdout__ = sink
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
+
+
+def _import_jax() -> tuple[Any, Any, Any, Any]:
+    """Import JAX and jaxmarl's SMAX (quietly), or say what to install."""
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        with _quiet_jaxmarl_import():
+            from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"smax needs JAX and jaxmarl ({exc}); install them with: pip install 'marlctl[train]' "
+            "(jax and jaxmarl==0.2.0)"
+        ) from None
+    return jax, jnp, HeuristicEnemySMAX, map_name_to_scenario
+
+
+class SmaxCore:
+    """The jitted pure functions of one SMAX configuration, shared by the single and batched env.
+
+    Each form compiles ONE function that both steps and resets (an XLA compile of a SMAX map
+    takes seconds; compiling the reset once instead of in several functions halves the wait):
+    ``single(carry, actions, stream, reset_key, do_reset)`` and
+    ``batched(carry_B, actions_BN, force_B, streams_B, reset_keys_B)``.
+    """
+
+    def __init__(self, config: SmaxConfig) -> None:
+        jax, jnp, heuristic_enemy_smax, map_name_to_scenario = _import_jax()
+        self.config = config
+        self.jax = jax
+        self.env = heuristic_enemy_smax(
+            scenario=map_name_to_scenario(config.map_name),
+            max_steps=config.episode_limit,
+            attack_mode=config.enemy_attack_mode,
+        )
+        env = self.env
+        agents = list(env.agents)
+        n_allies = env.num_allies
+        n_enemies = env.num_enemies
+        limit = config.episode_limit
+        self.n_agents = n_allies
+        self.n_enemies = n_enemies
+        self.n_actions = env.num_ally_actions
+        self.obs_dim = int(env.obs_size)
+        self.state_dim = int(env.state_size)
+
+        def views(obs: dict[str, Any], avail: dict[str, Any]) -> tuple[Any, Any, Any]:
+            obs_NO = jnp.stack([obs[a] for a in agents]).astype(jnp.float32)
+            state_S = obs["world_state"].astype(jnp.float32)
+            avail_NA = jnp.stack([avail[a] for a in agents]).astype(jnp.bool_)
+            return obs_NO, state_S, avail_NA
+
+        def reset_from_key(k_reset: Any) -> tuple[Any, tuple[Any, Any, Any]]:
+            obs, env_state = env.reset(k_reset)
+            return env_state, views(obs, env.get_avail_actions(env_state))
+
+        def step(carry: tuple[Any, Any], actions_N: Any) -> tuple[Any, ...]:
+            env_state, stream = carry
+            stream, k_step, k_reset = jax.random.split(stream, 3)
+            obs, env_state, rewards, _, _ = env.step_env(
+                k_step, env_state, {a: actions_N[i] for i, a in enumerate(agents)}
+            )
+            alive = env_state.state.unit_alive
+            allies_alive, enemies_alive = alive[:n_allies].any(), alive[n_allies:].any()
+            won = ~enemies_alive & allies_alive
+            terminated = ~enemies_alive | ~allies_alive
+            truncated = (env_state.state.step >= limit) & ~terminated
+            score = (n_enemies - alive[n_allies:].sum()).astype(jnp.float32) / n_enemies  # enemies killed
+            reward = rewards[agents[0]].astype(jnp.float32)
+            v = views(obs, env.get_avail_actions(env_state))
+            return (env_state, stream), k_reset, v, reward, terminated, truncated, won, score
+
+        def single(carry: Any, actions_N: Any, stream: Any, reset_key: Any, do_reset: Any) -> tuple[Any, ...]:
+            def reset_branch() -> tuple[Any, ...]:
+                env_state, v = reset_from_key(reset_key)
+                false = jnp.array(False)
+                return (env_state, stream), reset_key, v, jnp.float32(0.0), false, false, false, jnp.float32(0.0)
+
+            # Unbatched, lax.cond runs only the chosen branch.
+            return jax.lax.cond(do_reset, reset_branch, lambda: step(carry, actions_N))
+
+        def batched_one(carry: Any, actions_N: Any, force: Any, stream: Any, reset_key: Any) -> tuple[Any, ...]:
+            (env_state, next_stream), k_reset, final_v, reward, term, trunc, won, score = step(carry, actions_N)
+            done = (term | trunc) & ~force
+            fresh_state, fresh_v = reset_from_key(jnp.where(force, reset_key, k_reset))
+            renew = done | force
+            env_state = jax.tree.map(lambda f, s: jnp.where(renew, f, s), fresh_state, env_state)
+            next_stream = jnp.where(force, stream, next_stream)
+            v = tuple(jnp.where(renew, f, s) for f, s in zip(fresh_v, final_v, strict=True))
+            final_v = tuple(jnp.where(force, f, s) for f, s in zip(fresh_v, final_v, strict=True))
+            zero = jnp.float32(0.0)
+            stats = (jnp.where(force, zero, reward), term & ~force, trunc & ~force, won & ~force,
+                     jnp.where(force, zero, score))
+            return (env_state, next_stream), v, final_v, *stats
+
+        def seed_streams(seed: Any, indices: Any) -> tuple[Any, Any]:
+            """Per env (seed, b): the stream after the first split, and the first episode's reset key."""
+            streams = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(seed), indices)
+            split = jax.vmap(jax.random.split)(streams)
+            return split[:, 0], split[:, 1]
+
+        def split_streams(streams: Any) -> tuple[Any, Any]:
+            split = jax.vmap(jax.random.split)(streams)
+            return split[:, 0], split[:, 1]
+
+        key0 = jax.random.PRNGKey(0)
+        self._dummy_state = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda k: reset_from_key(k)[0], key0)
+        )
+        self._dummy_key = key0
+        self.single = jax.jit(single)
+        self.batched = jax.jit(jax.vmap(batched_one))
+        self.seed_streams = jax.jit(seed_streams)
+        self.split_streams = jax.jit(split_streams)
+
+    def dummy_carry(self, num_envs: int | None = None) -> tuple[Any, Any]:
+        """A zero carry of the right structure, for the first (resetting) call."""
+        if num_envs is None:
+            return self._dummy_state, self._dummy_key
+        jnp = self.jax.numpy
+        state = self.jax.tree.map(lambda x: jnp.zeros((num_envs, *x.shape), x.dtype), self._dummy_state)
+        return state, jnp.zeros((num_envs, *self._dummy_key.shape), self._dummy_key.dtype)
+
+    def spec(self) -> EnvSpec:
+        attack = tuple(f"attack_enemy_{i}" for i in range(self.n_enemies))
+        return EnvSpec(
+            env_id=self.config.env_id,
+            n_agents=self.n_agents,
+            obs_dim=self.obs_dim,
+            state_dim=self.state_dim,
+            n_actions=self.n_actions,
+            episode_limit=self.config.episode_limit,
+            fully_observable=False,
+            has_won=True,
+            action_names=MOVE_ACTION_NAMES + attack,
+        )
+
+
+def check_actions(actions: Any, avail: np.ndarray, where: str) -> np.ndarray:
+    """Validate integer actions ``[..., N]`` against an avail mask ``[..., N, A]``; vectorized."""
+    arr = np.asarray(actions)
+    shape = avail.shape[:-1]
+    n_actions = avail.shape[-1]
+    if arr.shape != shape:
+        raise InvalidActionError(f"{where}: actions must have shape {shape}, got {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise InvalidActionError(f"{where}: actions must be integers, got dtype {arr.dtype}")
+    out_of_range = (arr < 0) | (arr >= n_actions)
+    if out_of_range.any():
+        idx = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+        raise InvalidActionError(f"{where}: action {int(arr[idx])} at index {idx} is outside [0, {n_actions})")
+    ok = np.take_along_axis(avail, arr[..., None].astype(np.int64), axis=-1)[..., 0]
+    if not ok.all():
+        idx = tuple(int(i) for i in np.argwhere(~ok)[0])
+        valid = np.flatnonzero(avail[idx]).tolist()
+        raise InvalidActionError(
+            f"{where}: action {int(arr[idx])} of agent index {idx} is not available; available actions: {valid}"
+        )
+    return arr.astype(np.int32, copy=False)
+
+
+class SmaxEnv:
+    """One SMAX environment; ``reset`` and ``step`` are each one call of one jitted function."""
+
+    def __init__(self, config: SmaxConfig, core: SmaxCore | None = None) -> None:
+        self.core = core or SmaxCore(config)
+        self.spec = self.core.spec()
+        self._carry: Any = None
+        self._k_reset: Any = None
+        self._avail: np.ndarray | None = None
+        self._done = False
+        self._noop = np.zeros(self.spec.n_agents, np.int32)
+
+    def reset(self, seed: int | None = None, *, index: int = 0) -> TimeStep:
+        """Start an episode. ``seed`` (with ``index``) picks the stream of batched env ``index``;
+        ``seed=None`` continues the current stream (the next episode a batched env would play)."""
+        core = self.core
+        if seed is None and self._carry is not None and self._k_reset is not None:
+            stream, reset_key = self._carry[1], self._k_reset
+        elif seed is None and self._carry is not None:
+            streams, keys = core.split_streams(self._carry[1][None])
+            stream, reset_key = streams[0], keys[0]
+        else:
+            seed = 0 if seed is None else check_seed(seed)
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise EnvOptionError(f"index must be an integer >= 0, got {index!r}")
+            streams, keys = core.seed_streams(seed, np.array([index], np.uint32))
+            stream, reset_key = streams[0], keys[0]
+        carry = self._carry if self._carry is not None else core.dummy_carry()
+        self._carry, _, views, *_ = core.single(carry, self._noop, stream, reset_key, True)
+        self._k_reset = None
+        self._done = False
+        return self._timestep(views, 0.0, False, False, False, 0.0)
+
+    def step(self, actions: np.ndarray) -> TimeStep:
+        if self._carry is None:
+            raise EpisodeOverError("step called before reset; call reset(seed) first")
+        if self._done:
+            raise EpisodeOverError("the episode is over (terminated or truncated); call reset")
+        assert self._avail is not None
+        acts = check_actions(actions, self._avail, self.spec.env_id)
+        stream = self._carry[1]
+        self._carry, self._k_reset, views, reward, term, trunc, won, score = self.core.single(
+            self._carry, acts, stream, stream, False
+        )
+        term_b, trunc_b = bool(term), bool(trunc)
+        self._done = term_b or trunc_b
+        return self._timestep(views, float(reward), term_b, trunc_b, bool(won), float(score))
+
+    def _timestep(self, views: tuple[Any, Any, Any], reward: float, term: bool, trunc: bool, won: bool,
+                  score: float) -> TimeStep:
+        obs_NO, state_S, avail_NA = (np.asarray(v) for v in views)
+        self._avail = avail_NA
+        return TimeStep(obs_NO, state_S, avail_NA, reward, term, trunc, {"won": won, "score": score})
+
+    def render(self) -> np.ndarray:
+        """The current battle as uint8 ``[H, W, 3]``: allies blue, enemies red, health bars."""
+        if self._carry is None:
+            raise EpisodeOverError("render called before reset")
+        return render_units(self.core, self._carry[0].state)
+
+    def close(self) -> None:
+        self._carry = None
+
+
+class SmaxBatchedEnv:
+    """``num_envs`` SMAX environments stepped in ONE jitted, vmapped call, auto-resetting finished ones."""
+
+    def __init__(self, config: SmaxConfig, num_envs: int, core: SmaxCore | None = None) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise EnvOptionError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        self.core = core or SmaxCore(config)
+        self.spec = self.core.spec()
+        self.num_envs = num_envs
+        self._carry: Any = None
+        self._avail: np.ndarray | None = None
+        self._no_force = np.zeros(num_envs, bool)
+        self._force = np.ones(num_envs, bool)
+        self._noop = np.zeros((num_envs, self.spec.n_agents), np.int32)
+        self.last_device_arrays: tuple[Any, ...] = ()
+        """The jax arrays behind the last BatchStep (for ``torch.from_dlpack`` on an accelerator)."""
+
+    def reset(self, seed: int | None = None) -> BatchStep:
+        """Environment ``b`` starts from ``fold_in(PRNGKey(seed), b)``; ``None`` continues each stream."""
+        core = self.core
+        if seed is None and self._carry is not None:
+            streams, keys = core.split_streams(self._carry[1])
+        else:
+            seed = 0 if seed is None else check_seed(seed)
+            streams, keys = core.seed_streams(seed, np.arange(self.num_envs, dtype=np.uint32))
+        carry = self._carry if self._carry is not None else core.dummy_carry(self.num_envs)
+        self._carry, *out = core.batched(carry, self._noop, self._force, streams, keys)
+        return self._batch(*out)
+
+    def step(self, actions: np.ndarray) -> BatchStep:
+        """One jitted call: step all ``B`` envs (actions ``[B, N]``), auto-reset the finished ones."""
+        if self._carry is None:
+            raise EpisodeOverError("step called before reset; call reset(seed) first")
+        assert self._avail is not None
+        acts_BN = check_actions(actions, self._avail, f"{self.spec.env_id} (batched)")
+        streams = self._carry[1]
+        self._carry, *out = self.core.batched(self._carry, acts_BN, self._no_force, streams, streams)
+        return self._batch(*out)
+
+    def _batch(self, views: Any, final: Any, *rest: Any) -> BatchStep:
+        self.last_device_arrays = (*views, *final, *rest)
+        obs, state, avail = (np.asarray(v) for v in views)
+        f_obs, f_state, f_avail = (np.asarray(v) for v in final)
+        reward, term, trunc, won, score = (np.asarray(x) for x in rest)
+        self._avail = avail
+        return BatchStep(obs, state, avail, reward, term, trunc, won, score, f_obs, f_state, f_avail)
+
+    def render(self, index: int = 0) -> np.ndarray:
+        """Environment ``index``'s current battle as uint8 ``[H, W, 3]``."""
+        if self._carry is None:
+            raise EpisodeOverError("render called before reset")
+        if not 0 <= index < self.num_envs:
+            raise EnvOptionError(f"index must be in [0, {self.num_envs}), got {index}")
+        inner = self.core.jax.tree.map(lambda x: x[index], self._carry[0].state)
+        return render_units(self.core, inner)
+
+    def close(self) -> None:
+        self._carry = None
+
+
+_TEAM_RGB = ((40, 110, 230), (220, 50, 50))
+_PX_PER_UNIT = 8
+
+
+def render_units(core: SmaxCore, inner: Any) -> np.ndarray:
+    """Draw units (position, size, team colour, health bar, type letter) of a jaxmarl SMAX state."""
+    from PIL import Image, ImageDraw
+
+    env = core.env
+    width, height = int(env.map_width), int(env.map_height)
+    scale = _PX_PER_UNIT
+    img = Image.new("RGB", (width * scale, height * scale), (235, 228, 205))
+    draw = ImageDraw.Draw(img)
+    pos = np.asarray(inner.unit_positions)  # [U, 2]
+    alive = np.asarray(inner.unit_alive)  # [U]
+    types = np.asarray(inner.unit_types).astype(int)  # [U]
+    health = np.asarray(inner.unit_health)  # [U]
+    max_health = np.asarray(env.unit_type_health)[types]
+    radius = np.asarray(env.unit_type_radiuses)[types]
+    shorthands = env.unit_type_shorthands
+    for u in range(pos.shape[0]):
+        team = 0 if u < env.num_allies else 1
+        x, y = pos[u, 0] * scale, (height - pos[u, 1]) * scale  # y up in the game, down in the image
+        r = max(radius[u] * scale, 3.0)
+        if not alive[u]:
+            draw.line([(x - r, y - r), (x + r, y + r)], fill=(120, 120, 120), width=2)
+            draw.line([(x - r, y + r), (x + r, y - r)], fill=(120, 120, 120), width=2)
+            continue
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=_TEAM_RGB[team], outline=(20, 20, 20))
+        frac = float(np.clip(health[u] / max_health[u], 0.0, 1.0))
+        draw.rectangle([x - r, y - r - 4, x + r, y - r - 2], fill=(60, 60, 60))
+        draw.rectangle([x - r, y - r - 4, x - r + 2 * r * frac, y - r - 2], fill=(40, 200, 60))
+        draw.text((x - 3, y - 5), shorthands[types[u]], fill=(255, 255, 255))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def make(scenario: str | None, options: dict[str, str]) -> SmaxEnv:
+    """A single SMAX environment (``smax:<map>``)."""
+    return SmaxEnv(parse_config(scenario, options))
+
+
+def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> SmaxBatchedEnv:
+    """``num_envs`` SMAX environments in one jitted, vmapped step."""
+    return SmaxBatchedEnv(parse_config(scenario, options), num_envs)
