@@ -235,3 +235,26 @@ def test_predator_prey_prey_moves_stay_on_free_cells() -> None:
         assert ((occ == 1).sum(axis=(1, 2)) == game.aalive_BN.sum(1)).all()  # no two pieces share a cell
         assert ((occ == 2).sum(axis=(1, 2)) == game.palive_BP.sum(1)).all()
     assert moved
+
+
+@pytest.mark.parametrize(
+    ("env_id", "actions"),
+    [
+        ("matrix:qtran", [0, 0]),
+        ("matrix:tad10,task=3", [4, 0]),
+        ("hallway", [0, 0]),
+        ("gaussian_squeeze", [5] * 10),
+        ("predator_prey:agents=2,prey=1,grid=5", None),
+    ],
+)
+def test_render_shows_the_step(env_id: str, actions: list[int] | None) -> None:
+    """Frames (for GIF replays) are uint8 RGB and change when the state or the last joint action does."""
+    env = make_env(env_id)
+    ts = env.reset(4)
+    before = env.render()
+    if actions is None:  # the first available move of each predator
+        actions = [int(np.flatnonzero(ts.avail[n, :STAY])[0]) for n in range(env.spec.n_agents)]
+    env.step(np.array(actions))
+    after = env.render()
+    assert before.dtype == after.dtype == np.uint8 and before.shape == after.shape and before.shape[2] == 3
+    assert not np.array_equal(before, after)
