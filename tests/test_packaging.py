@@ -1,0 +1,146 @@
+"""The wheel: built from the repo, installed with the `serve` extra into a fresh venv (no system site-packages).
+
+In that venv `marlctl --help` and `marlctl envs list` work, PyTorch and JAX are NOT importable,
+and `marlctl serve` serves an exported agent (health SERVING through `marlctl health`, the
+images' HEALTHCHECK, and one real decision over gRPC from the venv's own Python). This is
+what deploy/docker/Dockerfile.serve installs. Dependencies come from a local wheelhouse
+(`$MARLCTL_WHEELHOUSE`, default ~/.cache/marlctl/wheelhouse), filled from the package registry
+the first time, so later runs install offline. One venv per test session (module fixture).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _deploy_support import REPO, free_port, grpc_serving, make_model_dir, poll, start_process, stop_process
+
+WHEELHOUSE = Path(os.environ.get("MARLCTL_WHEELHOUSE", Path.home() / ".cache" / "marlctl" / "wheelhouse"))
+
+
+@dataclass
+class ServeVenv:
+    """A fresh venv holding only the marlctl wheel and its `serve` dependencies."""
+
+    bin: Path
+    wheel: Path
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env["PATH"] = f"{self.bin}:{env.get('PATH', '')}"
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=self.bin.parent)
+
+
+def _sh(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def build_wheel(dest: Path) -> Path:
+    """Build the wheel from a copy of the work tree (the build never writes into the repo)."""
+    src = dest / "src"
+    files = _sh("git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z").stdout.split("\0")
+    for rel in filter(None, files):
+        path = REPO / rel
+        if path.is_file() and not rel.startswith("tests/"):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes(path.read_bytes())
+    wheels = dest / "dist"
+    _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src))
+    (wheel,) = wheels.glob("marlctl-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> ServeVenv:
+    work = tmp_path_factory.mktemp("pkg")
+    wheel = build_wheel(work)
+    venv_dir = work / "venv"
+    _sh(sys.executable, "-m", "venv", str(venv_dir))  # no --system-site-packages
+    pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    requirement = f"marlctl[serve] @ {wheel.as_uri()}"
+    offline = subprocess.run([*pip, "install", "--no-index", "--find-links", str(WHEELHOUSE), requirement],
+                             capture_output=True, text=True, timeout=600)
+    if offline.returncode != 0:  # first run (or new dependencies): fill the wheelhouse from the registry
+        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+        _sh(*pip, "download", "--dest", str(WHEELHOUSE), requirement)
+        for stale in WHEELHOUSE.glob("marlctl-*.whl"):
+            stale.unlink()
+        _sh(*pip, "install", "--no-index", "--find-links", str(WHEELHOUSE), requirement)
+    return ServeVenv(bin=venv_dir / "bin", wheel=wheel)
+
+
+def test_wheel_contents(venv: ServeVenv) -> None:
+    import zipfile
+
+    names = set(zipfile.ZipFile(venv.wheel).namelist())
+    for must in ("marlctl/cli/app.py", "marlctl/serving/server.py", "marlctl/proto/agent_pb2.py",
+                 "marlctl/deploy/render.py", "marlctl/deploy/grafana/dashboard.json", "marlctl/agents/onnx_io.py"):
+        assert must in names, f"{must} missing from {venv.wheel.name}"
+    assert not [n for n in names if n.split("/")[0] in ("cli", "agents", "envs", "serving", "tests")], \
+        "generic top-level modules in the wheel"
+
+
+def test_cli_works_without_torch(venv: ServeVenv) -> None:
+    for argv in (["marlctl", "--help"], ["marlctl", "envs", "list"], ["marlctl", "deploy", "render", "--help"]):
+        proc = venv.run(*argv)
+        assert proc.returncode == 0, f"{argv}: {proc.stdout}\n{proc.stderr}"
+    for module in ("torch", "jax"):
+        proc = venv.run("python", "-c", f"import {module}")
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, f"{module} importable in the serve venv"
+    assert venv.run("python", "-c", "import sys; assert sys.prefix != sys.base_prefix; import onnxruntime").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def served(venv: ServeVenv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+    work = tmp_path_factory.mktemp("served")
+    model_dir = make_model_dir(work / "model")  # exported with the dev venv (torch), served from the serve venv
+    port = free_port()
+    log = work / "serve.log"
+    env = {"PATH": f"{venv.bin}:{os.environ.get('PATH', '')}"}
+    proc = start_process([str(venv.bin / "marlctl"), "serve", str(model_dir), "--agent", "0", "--host", "127.0.0.1",
+                          "--port", str(port), "--device", "cpu"], log, env=env)
+    address = f"127.0.0.1:{port}"
+    try:
+        poll("serve-venv agent SERVING", lambda: grpc_serving(address), 90, [proc], [log])
+        yield address, model_dir, proc
+    finally:
+        stop_process(proc)
+
+
+DECIDE = """
+import sys, grpc
+from marlctl.proto import agent_pb2, agent_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    stub = agent_pb2_grpc.AgentServiceStub(ch)
+    spec = stub.GetSpec(agent_pb2.GetSpecRequest(), timeout=10)
+    d = stub.Decide(agent_pb2.DecideRequest(episode_id="pkg-1", start=True, end=True, observation=agent_pb2.Observation(
+        obs=[0.5] * spec.obs_dim, avail_actions=[False] + [True] * (spec.n_actions - 1))), timeout=10)
+    assert 1 <= d.action < spec.n_actions and len(d.scores) == spec.n_actions, d
+    print("action", d.action)
+"""
+
+
+def test_serve_from_the_wheel(venv: ServeVenv, served: tuple[str, Path, subprocess.Popen]) -> None:
+    address, model_dir, proc = served
+    health = venv.run("marlctl", "health", address)
+    assert health.returncode == 0 and "SERVING" in health.stdout, health.stdout + health.stderr
+    decide = venv.run("python", "-c", DECIDE, address)
+    assert decide.returncode == 0 and decide.stdout.startswith("action"), decide.stdout + decide.stderr
+    # The pods' init container and the renderer work from the wheel too (dashboard packaged, YAML writer present).
+    verify = venv.run("marlctl", "deploy", "verify-model", str(model_dir), "--agent", "0")
+    assert verify.returncode == 0, verify.stderr
+    out = model_dir.parent / "k8s"
+    render = venv.run("marlctl", "deploy", "render", str(model_dir), "--image", "marlctl-serve:0.1.0", "--out", str(out))
+    assert render.returncode == 0 and (out / "grafana" / "dashboard.json").is_file(), render.stderr
+    assert proc.poll() is None
+
+
+def test_health_fails_on_a_dead_address(venv: ServeVenv) -> None:
+    proc = venv.run("marlctl", "health", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert proc.returncode == 1 and "health check failed" in proc.stderr
