@@ -44,6 +44,9 @@ class Cell:
     p50_us: float
     p99_us: float
     decisions: int
+    server_cpu_us: float = float("nan")
+    """CPU time (user + system, all threads) the serving process spent per decision: the load-independent
+    cost. 1e6 / server_cpu_us = decisions/s one dedicated core could serve."""
 
 
 def free_port() -> int:
@@ -182,8 +185,20 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
     return Cell("", concurrency, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
 
 
-def bench_service(target: str, mode: str, concurrency: int, seconds: float, obs_TO, avail_TA) -> Cell:
-    return asyncio.run(_client(target, mode, concurrency, seconds, obs_TO, avail_TA))
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_service(target: str, mode: str, concurrency: int, seconds: float, obs_TO, avail_TA,
+                  server_pid: int | None = None) -> Cell:
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+    cell = asyncio.run(_client(target, mode, concurrency, seconds, obs_TO, avail_TA))
+    if server_pid:
+        # includes the warm-up part and the episode starts/ends, so it slightly overstates the per-decision cost
+        cell.server_cpu_us = (cpu_seconds(server_pid) - cpu0) * 1e6 / max(cell.decisions, 1)
+    return cell
 
 
 def bench_in_process(kind: str, model_dir: Path, checkpoint: Path, concurrency: int, seconds: float,
@@ -219,6 +234,7 @@ def bench_in_process(kind: str, model_dir: Path, checkpoint: Path, concurrency: 
 
     lat: list[float] = []
     n = 0
+    cpu0 = time.process_time()
     prev = np.full(K, -1, np.int64)
     warm_until = time.perf_counter() + min(0.5, seconds / 4)
     stop_at = warm_until + seconds
@@ -236,7 +252,8 @@ def bench_in_process(kind: str, model_dir: Path, checkpoint: Path, concurrency: 
         if t == 0:
             prev = np.full(K, -1, np.int64)
     lat_us = np.array(lat) * 1e6
-    return Cell(kind, K, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
+    cpu_us = (time.process_time() - cpu0) * 1e6 / max(n, 1)
+    return Cell(kind, K, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n, cpu_us)
 
 
 def start_process(cmd: list[str], target: str, ready_timeout: float = 120.0) -> subprocess.Popen:
@@ -292,7 +309,8 @@ def main() -> None:
         cell.system = system
         cells.append(cell)
         print(f"{system:28s} K={cell.concurrency:<4d} {cell.decisions_per_s:10.0f} dec/s  "
-              f"p50 {cell.p50_us:8.1f} us  p99 {cell.p99_us:8.1f} us", flush=True)
+              f"p50 {cell.p50_us:8.1f} us  p99 {cell.p99_us:8.1f} us  server CPU {cell.server_cpu_us:7.1f} us/decision",
+              flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, model_dir = make_team(Path(tmp))
@@ -309,7 +327,7 @@ def main() -> None:
             try:
                 for call in ("stream", "unary") if mode == "auto" else ("stream",):
                     for K in Ks:
-                        cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA)
+                        cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA, proc.pid)
                         record(f"marlctl serve {call} ({mode})", cell)
             finally:
                 stop_process(proc)
@@ -319,7 +337,7 @@ def main() -> None:
             for call in ("stream", "unary"):
                 for K in Ks:
                     record(f"plain gRPC + PyTorch {call}", bench_service(f"127.0.0.1:{port}", call, K, args.seconds,
-                                                                        obs_TO, avail_TA))
+                                                                        obs_TO, avail_TA, proc.pid))
         finally:
             stop_process(proc)
     write_results(cells, args, manifest)
@@ -365,6 +383,12 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
             ratio = c.decisions_per_s / ort_by_k[k].decisions_per_s if c and k in ort_by_k else float("nan")
             row.append(f"{c.decisions_per_s:,.0f} ({ratio:.2f})" if c else "-")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
+    lines += ["", "## CPU cost: serving-process CPU microseconds per decision (load-independent; "
+              "1e6 / x = decisions/s per dedicated core)", "",
+              "| system | " + " | ".join(f"K={k}" for k in Ks) + " |", "|---|" + "---:|" * len(Ks)]
+    for s in systems:
+        lines.append(f"| {s} | " + " | ".join(f"{by[(s, k)].server_cpu_us:.1f}" if (s, k) in by else "-"
+                                               for k in Ks) + " |")
     lines += ["", "p50/p99 of a service cell = client-side round trip of one decision (observation written to "
               "decision read) while K episodes run; in-process cells time one batched call of K rows.", ""]
     tmp = RESULTS / ".serving.md.tmp"

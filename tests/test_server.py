@@ -1,6 +1,7 @@
 """Agent service tests over real sockets with a real gRPC client and real ONNX Runtime."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -324,3 +325,55 @@ def test_sigterm_drains_a_subprocess_server(model_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_streams_still_live_after_the_grace_period_end_with_unavailable(model_dir):
+    import queue
+
+    st = make_server(model_dir, grace_s=0.3)
+    try:
+        stub = agent_pb2_grpc.AgentServiceStub(st.channel())
+        good = agent_pb2.Observation(obs=[0.0] * OBS_DIM, avail_actions=[True, True])
+        outbox: queue.Queue = queue.Queue()
+        outbox.put(good)
+
+        def requests():
+            while (msg := outbox.get(timeout=30)) is not None:
+                yield msg
+
+        call = stub.Episode(requests())
+        assert next(call).step == 0
+        drain = asyncio.run_coroutine_threadsafe(st.server.drain_and_stop(), st.loop)
+        with pytest.raises(grpc.RpcError) as exc:
+            next(call)  # the client never ends its episode; the server ends it after the grace period
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE and "grace period" in exc.value.details()
+        drain.result(30)
+        outbox.put(None)
+    finally:
+        st.close()
+
+
+def test_tls_serves_only_tls_clients(model_dir, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    st = make_server(model_dir, tls_cert=cert, tls_key=key)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{st.server.port}", creds) as ch:
+            spec = agent_pb2_grpc.AgentServiceStub(ch).GetSpec(agent_pb2.GetSpecRequest(), timeout=10)
+        assert spec.agent_index == 1
+        with grpc.insecure_channel(st.target) as ch, pytest.raises(grpc.RpcError) as exc:
+            agent_pb2_grpc.AgentServiceStub(ch).GetSpec(agent_pb2.GetSpecRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        st.close()
+
+
+def test_serving_path_does_not_import_torch(model_dir):
+    code = ("import sys; import marlctl.cli.app; from marlctl.serving.server import AgentServer; "
+            f"from marlctl.serving.model import load_agent_model; load_agent_model({str(model_dir)!r}, 0); "
+            "heavy = [m for m in ('torch', 'jax', 'marlctl.trainer', 'onnx') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
