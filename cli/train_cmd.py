@@ -1,6 +1,67 @@
-"""marlctl CLI commands (not yet written; the owning change fills this module)."""
+"""`marlctl train` (a new or resumed training run) and `marlctl plot` (learning curves of run dirs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import typer
+from marlctl.cli.common import console, handle_user_errors
+
+
+def train(
+    algo: str | None = typer.Option(None, "--algo", help="Algorithm: vdn, qmix, ow-qmix, cw-qmix, qtran-base, "
+                                    "qtran-alt, remix, mappo, tad-ppo (see the ALGORITHMS table)."),
+    env: str | None = typer.Option(None, "--env", help="Environment id, e.g. smax:3m, matrix:qtran, "
+                                   "grf:academy_empty_goal_close, predator_prey."),
+    steps: int | None = typer.Option(None, "--steps", help="Training budget in env steps (with --resume: the new "
+                                     "total budget)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every RNG (default 0)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (default auto)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create (must not exist or be empty)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML or JSON file of [section] key = value."),
+    set_: list[str] = typer.Option([], "--set", help="Override one key: section.key=value (repeatable), "
+                                   "e.g. --set optim.lr=0.001 --set env.num_envs=16."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its "
+                                       "latest checkpoint."),
+) -> None:
+    """Train an algorithm on an environment (or resume a run), with logs, evaluation and checkpoints."""
+    from marlctl.trainer.config import ALGORITHMS, load_config
+    from marlctl.trainer.errors import ConfigValueError
+    from marlctl.trainer.run import resume_run, train_run
+
+    if resume is not None:
+        extra = [name for name, value in (("--algo", algo), ("--env", env), ("--seed", seed), ("--device", device),
+                                          ("--out", out), ("--config", config)) if value is not None]
+        if extra or set_:
+            raise ConfigValueError(f"--resume continues a run with its own config.json; do not combine it with "
+                                   f"{', '.join(extra + (['--set'] if set_ else []))} (only --steps may change)")
+        resume_run(resume, steps=steps, console=console)
+        return
+    missing = [name for name, value in (("--algo", algo), ("--env", env), ("--out", out)) if value is None]
+    if missing:
+        raise ConfigValueError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR); valid algorithms: "
+                               f"{', '.join(sorted(ALGORITHMS))}")
+    assert algo is not None and env is not None and out is not None
+    cfg = load_config(algo, env, config_file=config, overrides=set_, steps=steps, seed=seed, device=device)
+    train_run(cfg, out, console=console)
+
+
+def plot(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (runs of the same algo and env are "
+                                          "aggregated over seeds: mean and min-max band)."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    source: str = typer.Option("eval", "--source", help="eval (greedy evaluations) or train (training episodes)."),
+    title: str | None = typer.Option(None, "--title", help="Figure title."),
+) -> None:
+    """Plot return and win rate vs env steps of one or more runs to a PNG."""
+    from marlctl.trainer.plot import plot_runs
+
+    result = plot_runs(run_dirs, out, source=source, title=title)
+    for line in result.lines:
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `train` and `plot`."""
+    app.command("train")(handle_user_errors(train))
+    app.command("plot")(handle_user_errors(plot))

@@ -318,14 +318,14 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     ftypes = _field_types(cls)
     unknown = sorted(set(values) - set(ftypes))
     if unknown:
-        valid = ", ".join(ftypes) if ftypes else "(none: this section takes no keys)"
+        valid = ", ".join(ftypes) if ftypes else "none (this section takes no keys)"
         raise UnknownConfigKeyError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys of "
-                                    f"[{section}]: {valid}")
+                                    f"section {section!r}: {valid}")
     kwargs = {k: _coerce(v, ftypes[k], f"{section}.{k}") for k, v in values.items()}
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigValueError(f"[{section}]: {exc}") from None
+        raise ConfigValueError(f"section {section!r}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
@@ -347,7 +347,7 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigValueError(f"config file {path}: expected tables [section] with key = value; valid sections: "
+        raise ConfigValueError(f"config file {path}: expected one table per section (key = value); valid sections: "
                                f"{', '.join([*SECTION_TYPES, ALGO_SECTION])}")
     return data
 
@@ -370,7 +370,7 @@ def _merge(layers: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, A
     for layer in layers:
         for section, values in layer.items():
             if section not in valid:
-                raise UnknownConfigKeyError(f"unknown config section [{section}]; valid sections: {', '.join(valid)}")
+                raise UnknownConfigKeyError(f"unknown config section {section!r}; valid sections: {', '.join(valid)}")
             merged.setdefault(section, {}).update(values)
     return merged
 

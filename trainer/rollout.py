@@ -78,7 +78,7 @@ class RolloutWorker:
 
     @torch.no_grad()
     def _act(self, step: BatchStep, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        obs_RO = torch.as_tensor(step.obs, device=self.device).reshape(self.B * self.N, -1)  # R = B*N rows
+        obs_RO = torch.tensor(step.obs, device=self.device).reshape(self.B * self.N, -1)  # R = B*N rows (a copy)
         q_RA, self.hidden = self.net(obs_RO, self.prev_action, self.agent_ids, self.hidden)
         q_BNA = q_RA.reshape(self.B, self.N, -1).cpu().numpy()
         actions_BN = epsilon_greedy(q_BNA, step.avail, epsilon, rng)
