@@ -10,6 +10,7 @@ the first time, so later runs install offline. One venv per test session (module
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -144,3 +145,52 @@ def test_serve_from_the_wheel(venv: ServeVenv, served: tuple[str, Path, subproce
 def test_health_fails_on_a_dead_address(venv: ServeVenv) -> None:
     proc = venv.run("marlctl", "health", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert proc.returncode == 1 and "health check failed" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles (no Docker daemon here: checked statically against the repo and the test above)
+# ---------------------------------------------------------------------------------------------
+
+DOCKERFILES = {"serve": "serve", "serve-cuda": "serve-gpu", "train": "train,serve", "train-cuda": "train,serve-gpu"}
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile(name: str) -> None:
+    import tomllib
+
+    path = REPO / "deploy" / "docker" / f"Dockerfile.{name}"
+    steps = _instructions(path)
+    package_dirs = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    copied = set()
+    for inst, args in steps:
+        if inst == "COPY" and "--from=" not in args:
+            srcs = args.split()[:-1]
+            copied.update(srcs)
+            for src in srcs:
+                assert (REPO / src).exists(), f"{path.name}: COPY {src} does not exist in the repo"
+    assert package_dirs <= copied, f"{path.name} does not copy package dirs {package_dirs - copied}: the wheel would not build"
+    ignore = (REPO / "deploy" / "docker" / f"Dockerfile.{name}.dockerignore").read_text()
+    for src in copied - {"./"}:
+        assert f"!{src}" in ignore.split(), f"{path.name}: {src} is excluded from the build context"
+    stages = [args for inst, args in steps if inst == "FROM"]
+    assert len(stages) == 2 and stages[0].endswith("AS wheel"), "a wheel stage, then the runtime stage"
+    final = steps[max(i for i, (inst, _) in enumerate(steps) if inst == "FROM"):]
+    assert ("USER", "10001:10001") in final, f"{path.name} must run as the non-root uid 10001"
+    assert ("ENTRYPOINT", '["marlctl"]') in final
+    installs = [args for inst, args in final if inst == "RUN" and "/dist/marlctl-*.whl)[" in args]
+    assert len(installs) == 1 and f"marlctl-*.whl)[{DOCKERFILES[name]}]" in installs[0], installs
+    if name.startswith("serve"):
+        env = " ".join(args for inst, args in final if inst == "ENV")
+        assert "PYTHONDONTWRITEBYTECODE=1" in env and "HOME=/tmp" in env, "read-only root fs: no writes outside /tmp"
+        assert '! python -c "import torch"' in installs[0], "the serving image must prove it carries no PyTorch"
+        (health,) = [args for inst, args in final if inst == "HEALTHCHECK"]
+        assert 'CMD ["marlctl", "health", "127.0.0.1:50051"]' in health
+    else:
+        assert "torch==2.13.0" in " ".join(args for inst, args in final if inst == "RUN")
