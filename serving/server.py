@@ -348,7 +348,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         await context.abort(err.code, str(err))
 
     async def Episode(self, request_iterator: AsyncIterator[agent_pb2.Observation],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.Decision]:
+                      context: grpc.aio.ServicerContext) -> None:
+        # context.read()/write() rather than an async generator: one layer less per message.
         episode_id = f"stream-{uuid.uuid4().hex[:12]}"
         try:
             if self.draining:
@@ -362,12 +363,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if task is not None:
             self._stream_tasks.add(task)
         try:
-            async for msg in request_iterator:
+            while (msg := await context.read()) is not grpc.aio.EOF:
                 t0 = time.perf_counter_ns()
                 if msg.episode_id and ep.step == 0:
                     log.debug("stream %s is client episode %s", episode_id, msg.episode_id)
                 try:
-                    yield await self._decide(ep, msg, t0)
+                    await context.write(await self._decide(ep, msg, t0))
                 except RequestError as err:
                     await self._refuse(context, err, msg.episode_id or episode_id)
                     return
@@ -446,14 +447,32 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 
 class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every RPC a request id (the client's ``x-request-id`` metadata or a new one), used in
-    log lines and returned in trailing metadata."""
+    """Gives every RPC a request id (the client's ``x-request-id`` metadata or a new one), used in the
+    server's log lines and returned to the client in trailing metadata, so a client error can be found
+    in the server log. Per-decision metrics are recorded in the servicer instead: an RPC-level
+    interceptor does not see the individual decisions of a stream."""
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         rid = next((v for k, v in handler_call_details.invocation_metadata or () if k == REQUEST_ID_KEY), None)
-        request_id_var.set(rid if isinstance(rid, str) and rid else uuid.uuid4().hex[:16])
-        return await continuation(handler_call_details)
+        rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else uuid.uuid4().hex[:16]
+        request_id_var.set(rid)
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming != handler.response_streaming:
+            return handler
+        if handler.request_streaming:  # stream-stream: Episode (a coroutine using read/write) or reflection
+            inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        else:
+            inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        if not asyncio.iscoroutinefunction(inner):
+            return handler  # async-generator handlers (reflection) are left as they are
+
+        async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            return await inner(request, context)
+
+        return factory(with_request_id, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
 
 
 class AgentServer:

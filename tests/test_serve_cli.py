@@ -38,6 +38,15 @@ def test_export_and_serve_refuse_bad_input_with_exit_2(model_dir, tmp_path):
     assert r.returncode == 2 and "manifest.json not found" in r.stderr
     r = marlctl("serve", str(model_dir), "--agent", "5", "--port", "0")
     assert r.returncode == 2 and "agents 0..1" in r.stderr
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for f in model_dir.iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    data = bytearray((tampered / "agent_0.onnx").read_bytes())
+    data[100] ^= 1
+    (tampered / "agent_0.onnx").write_bytes(bytes(data))
+    r = marlctl("serve", str(tampered), "--agent", "0", "--port", "0")
+    assert r.returncode == 2 and "does not match the manifest" in r.stderr
     r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--batching", "sometimes")
     assert r.returncode == 2 and "auto, loop, thread, off" in r.stderr
 

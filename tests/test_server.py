@@ -377,3 +377,15 @@ def test_serving_path_does_not_import_torch(model_dir):
             "heavy = [m for m in ('torch', 'jax', 'marlctl.trainer', 'onnx') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_request_id_is_echoed_in_trailing_metadata(stub):
+    good = agent_pb2.Observation(obs=[0.0] * OBS_DIM, avail_actions=[True, True])
+    _, call = stub.Decide.with_call(agent_pb2.DecideRequest(episode_id="rid", start=True, end=True, observation=good),
+                                    metadata=(("x-request-id", "abc-123"),))
+    assert ("x-request-id", "abc-123") in tuple(call.trailing_metadata())
+    with pytest.raises(grpc.RpcError) as exc:  # errors carry it too, so a failure can be found in the server log
+        stub.Decide(agent_pb2.DecideRequest(episode_id="nope", observation=good))
+    assert any(k == "x-request-id" and len(v) == 16 for k, v in exc.value.trailing_metadata())
+    stream = stub.Episode(iter([good]), metadata=(("x-request-id", "s-1"),))
+    assert len(list(stream)) == 1 and ("x-request-id", "s-1") in tuple(stream.trailing_metadata())
