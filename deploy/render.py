@@ -3,9 +3,10 @@
 From an exported model dir (manifest + one ONNX file per agent) it renders, per agent, a
 Deployment + Service + PodDisruptionBudget + HorizontalPodAutoscaler; the model volume for
 the chosen ``--model-source`` with its sha256 checked by an init container; a runner Job;
-the Grafana dashboard; a Prometheus Operator PodMonitor (in ``monitoring/``), a plain
-Prometheus scrape config (``prometheus/``), the prometheus-adapter rules that feed the HPA
-(``prometheus-adapter/``) and an Istio DestinationRule for unary calls (``mesh/``).
+the Grafana dashboard; a Prometheus Operator PodMonitor and PrometheusRule (``monitoring/``),
+a plain Prometheus scrape config and rule file (``prometheus/``), the prometheus-adapter rules
+that feed the HPA (``prometheus-adapter/``) and an Istio DestinationRule for unary calls
+(``mesh/``).
 
 Everything is checked before anything is written; the output is staged in a temp dir next
 to ``--out`` and renamed into place, so a refused render writes nothing.
@@ -575,6 +576,23 @@ def dashboard_json() -> str:
     return resources.files("marlctl.deploy").joinpath("grafana/dashboard.json").read_text(encoding="utf-8")
 
 
+def rules_yaml() -> str:
+    """The Prometheus recording/alerting rules shipped with the package (deploy/prometheus/rules.yaml)."""
+    return resources.files("marlctl.deploy").joinpath("prometheus/rules.yaml").read_text(encoding="utf-8")
+
+
+def prometheus_rule(team: str) -> dict[str, Any]:
+    """The same rule groups as a Prometheus Operator PrometheusRule."""
+    import yaml
+
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": team, "labels": {"marl/team": team}},
+        "spec": {"groups": yaml.safe_load(rules_yaml())["groups"]},
+    }
+
+
 def _model_image_dockerfile(cfg: RenderConfig) -> str:
     return (
         "# Bakes the model into the agent service image (--model-source image). Build from this dir:\n"
@@ -647,10 +665,12 @@ def render_files(model: ModelInfo, cfg: RenderConfig, team: str) -> dict[str, by
 
     sub = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": cfg.namespace}
     files["monitoring/podmonitor.yaml"] = _yaml([pod_monitor(cfg, team)], header)
-    files["monitoring/kustomization.yaml"] = _yaml([{**sub, "resources": ["podmonitor.yaml"]}], header)
+    files["monitoring/prometheusrule.yaml"] = _yaml([prometheus_rule(team)], header)
+    files["monitoring/kustomization.yaml"] = _yaml([{**sub, "resources": ["podmonitor.yaml", "prometheusrule.yaml"]}], header)
     files["mesh/destinationrules.yaml"] = _yaml(destination_rules(cfg, model, team), header)
     files["mesh/kustomization.yaml"] = _yaml([{**sub, "resources": ["destinationrules.yaml"]}], header)
     files["prometheus/scrape-config.yaml"] = _yaml([scrape_config(cfg, team)], header)
+    files["prometheus/rules.yaml"] = rules_yaml().encode()
     files["prometheus-adapter/rules.yaml"] = _yaml([{"rules": adapter_rules()}], header)
     files["prometheus-adapter/values.yaml"] = _yaml([{"rules": {"default": True, "custom": adapter_rules()}}], header)
     files["render.json"] = (json.dumps({

@@ -2,8 +2,9 @@
 
 Built-in kinds are validated (strict: unknown fields fail) against the Kubernetes OpenAPI
 schemas of v1.35.0 shipped in the PyPI package kubernetes-validate; the CRDs (PodMonitor,
-DestinationRule) are checked structurally, because kubernetes-validate ships only the
-built-in API schemas. `kubectl kustomize` (Debian package kubectl) builds every base.
+PrometheusRule, DestinationRule) are checked structurally, because kubernetes-validate ships only the
+built-in API schemas. `kubectl kustomize` (Debian package kubectl) builds every base;
+`promtool` (Debian package prometheus) checks the plain Prometheus config and rule file.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from marlctl.deploy.model_check import load_model_dir
 from marlctl.deploy.render import RenderConfig, render
 
 K8S_VERSION = "1.35.0"
-CRD_KINDS = {"PodMonitor": "monitoring.coreos.com/v1", "DestinationRule": "networking.istio.io/v1"}
+CRD_KINDS = {"PodMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1",
+             "DestinationRule": "networking.istio.io/v1"}
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 IMAGE = "ghcr.io/acme/marlctl-serve:0.1.0"
@@ -312,3 +314,26 @@ def test_fetch_model_over_http(http_model: tuple[str, Path], model_dir: Path, tm
     with pytest.raises(ModelFetchError, match="HTTP 404"):
         fetch_model(url + "missing/", tmp_path / "missing", pinned)
     assert issubclass(ModelFetchError, DeployError)
+
+
+def test_promtool_accepts_rendered_prometheus_files(model_dir: Path, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not on PATH: scripts/setup.sh installs the Debian package prometheus"
+    out = tmp_path / "k8s"
+    render(model_dir, out, RenderConfig(image=IMAGE))
+    # Debian builds Prometheus without Kubernetes service discovery ("field kubernetes_sd_configs not found"):
+    # check everything else of the rendered job (relabeling, intervals) with static targets in its place.
+    config = yaml.safe_load((out / "prometheus" / "scrape-config.yaml").read_text())
+    assert config["scrape_configs"][0].pop("kubernetes_sd_configs") == [{"role": "pod", "namespaces": {"names": ["marl"]}}]
+    config["scrape_configs"][0]["static_configs"] = [{"targets": ["127.0.0.1:9091"]}]
+    checked = tmp_path / "scrape-config.yaml"
+    checked.write_text(yaml.safe_dump(config))
+    for what, path in (("config", checked), ("rules", out / "prometheus" / "rules.yaml")):
+        proc = subprocess.run([promtool, "check", what, str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "SUCCESS" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    rule = next(d for d in kustomize(out / "monitoring") if d["kind"] == "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load((out / "prometheus" / "rules.yaml").read_text())["groups"]
+    # A config that is not valid is refused by promtool (so the checks above can fail).
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(checked.read_text().replace("action: keep", "action: keeep"))
+    assert subprocess.run([promtool, "check", "config", str(broken)], capture_output=True, timeout=60).returncode != 0

@@ -5,9 +5,12 @@ args of the rendered Deployments and Job (model path, host and ports rewritten t
 machine). The rendered job's `kubernetes_sd_configs` is replaced by `static_configs` whose
 targets carry the meta labels Kubernetes pod discovery would set, so the rendered
 `relabel_configs` run unchanged: they must keep the team's metrics ports and drop a gRPC
-port and another team's pod. Then PromQL through Prometheus' HTTP API: decision-latency
-quantiles, runner episode counts, the prometheus-adapter rules behind the HPAs and every
-Grafana panel's query. Every wait polls with a deadline.
+port and another team's pod. (Debian builds Prometheus without Kubernetes discovery, so
+static targets are also the only way to run it here.) The rendered rule file is loaded too.
+Then PromQL through Prometheus' HTTP API: decision-latency quantiles, runner episode counts,
+the recording rules, the prometheus-adapter rules behind the HPAs and every Grafana panel's
+query; and `promtool test rules` fires the alerts on synthetic series. Every wait polls with
+a deadline.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +90,7 @@ def prometheus(rendered: tuple[Path, Path], team: LiveTeam, tmp_path_factory: py
     ]
     job["scrape_interval"] = "1s"  # the only timing change: scrape fast so the test is short
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(out / "prometheus" / "rules.yaml")]
     cfg_path = work / "prometheus.yml"
     cfg_path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -174,3 +179,57 @@ def test_every_dashboard_query_runs(prometheus: str, team: LiveTeam, rendered: t
 def test_runner_and_agents_still_alive(team: LiveTeam) -> None:
     for proc in team.procs:
         assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+
+
+def test_recording_rules_and_alerts_loaded(prometheus: str, team: LiveTeam) -> None:
+    p99 = query_until(prometheus, f'marl:agent_decision_seconds:p99_rate1m{{team="{TEAM}"}}', "recorded p99", team, n=2)
+    assert sorted(r["metric"]["agent"] for r in p99) == ["0", "1"]
+    win = query_until(prometheus, f'marl:runner_win_rate:ratio_15m{{team="{TEAM}"}}', "recorded win rate", team)
+    assert 0.0 <= float(win[0]["value"][1]) <= 1.0
+    groups = json.loads(http_get(f"{prometheus}/api/v1/rules"))["data"]["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    alerts = {n for n, r in rules.items() if r["type"] == "alerting"}
+    assert alerts == {"MarlAgentDown", "MarlAgentDecisionLatencyHigh", "MarlAgentErrors", "MarlRunnerFallbacks",
+                      "MarlAgentMixedModels"}
+    assert all(r["health"] != "err" for r in rules.values()), {n: r.get("lastError") for n, r in rules.items()}
+    assert rules["MarlAgentDown"]["state"] == "inactive"  # every target of the healthy team is up
+
+
+ALERT_TESTS = """
+rule_files: [RULES]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'up{namespace="ns", team="t", role="agent", pod="t-agent-0-a"}'
+        values: '1 1 0 0 0 0 0'
+      - series: 'marl_runner_fallbacks_total{namespace="ns", team="t", agent="1", reason="unavailable"}'
+        values: '0 0 0 4 9 9 9'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: MarlAgentDown
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: ns, team: t, role: agent, pod: t-agent-0-a}
+            exp_annotations:
+              summary: "Agent pod t-agent-0-a of team t is not scraped"
+              description: "Prometheus cannot scrape t-agent-0-a in ns for 2 minutes: the agent's episodes fall back."
+      - eval_time: 1m
+        alertname: MarlAgentDown
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: MarlRunnerFallbacks
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ns, team: t, agent: "1", reason: unavailable}
+            exp_annotations:
+              summary: "Runner of team t replaced decisions of agent 1 (unavailable)"
+              description: "9 fallback decisions in 5 minutes: those episodes are marked degraded."
+"""
+
+
+def test_alerts_fire_on_synthetic_series(rendered: tuple[Path, Path], tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not on PATH: scripts/setup.sh installs the Debian package prometheus"
+    tests = tmp_path / "alerts_test.yaml"
+    tests.write_text(ALERT_TESTS.replace("RULES", str(rendered[1] / "prometheus" / "rules.yaml")))
+    proc = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
