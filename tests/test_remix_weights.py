@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_overestimates_get_the_small_constant_and_underestimates_more() -> None:
 
 def test_weight_grows_with_bellman_error() -> None:
     out = remix_weights(**_batch(y_B=torch.tensor([0.5, 1.0, 2.0, 4.0]), q_star_B=torch.zeros(4)), config=CFG)
-    assert torch.all(out.w[1:] > out.w[:-1])
+    assert torch.all(out.raw[1:] > out.raw[:-1]) and torch.all(out.w[1:] >= out.w[:-1]) and out.w[3] > out.w[0]
     torch.testing.assert_close(out.bellman_error, torch.tensor([0.5, 1.0, 2.0, 4.0]))
     # Proportional above the floor: raw doubles with the Bellman error.
     torch.testing.assert_close(out.raw[1:] / out.raw[:-1], torch.full((3,), 2.0))
@@ -52,7 +53,7 @@ def test_weight_grows_with_bellman_error() -> None:
 def test_weight_grows_with_underestimation_gap_exponentially() -> None:
     q_star = torch.tensor([-1.0, 0.0, 1.0, 2.0])  # Q* - Q_tot = -1, 0, 1, 2
     out = remix_weights(**_batch(q_star_B=q_star), config=CFG)
-    assert torch.all(out.w[1:] > out.w[:-1])
+    assert torch.all(out.raw[1:] > out.raw[:-1]) and torch.all(out.w[1:] >= out.w[:-1]) and out.w[3] > out.w[0]
     torch.testing.assert_close(out.underestimation, torch.exp(q_star))
     torch.testing.assert_close(out.raw[1:] / out.raw[:-1], torch.full((3,), torch.e))
 
@@ -63,7 +64,7 @@ def test_weight_follows_inverse_mixer_gradient() -> None:
     out = remix_weights(**_batch(mixer_grad_BN=grads, pi_BN=pi), config=CFG)
     expected = ((1 - pi) / grads).sum(-1) - 1  # sum_j (1 - pi^j) / f'_j - 1 = 0, 1, 3, 9
     torch.testing.assert_close(out.mixer_gradient, expected)
-    assert torch.all(out.w[1:] > out.w[:-1])
+    assert torch.all(out.raw[1:] > out.raw[:-1]) and torch.all(out.w[1:] >= out.w[:-1]) and out.w[3] > out.w[0]
     # A confident policy (pi -> 1) makes the factor small: the transition matters less.
     sure = remix_weights(**_batch(pi_BN=torch.tensor([[0.99, 0.99]] * 4)), config=CFG)
     assert (sure.mixer_gradient == 0).all()
@@ -71,7 +72,8 @@ def test_weight_follows_inverse_mixer_gradient() -> None:
 
 def test_on_policy_factor_scales_recent_transitions() -> None:
     out = remix_weights(**_batch(on_policy_B=torch.tensor([1.0, 1.0, 3.0, 3.0])), config=CFG)
-    assert out.w[2] > out.w[0] and out.w[2].item() == pytest.approx(1.0)
+    assert out.w[2] > out.w[0] and out.w[2].item() == pytest.approx(1.0)  # E / mean(E) = 1.5 -> capped at 1
+    torch.testing.assert_close(out.w[0], torch.tensor(0.5))  # E / mean(E) = 1 / 2
     torch.testing.assert_close(out.raw[2] / out.raw[0], torch.tensor(3.0))
 
 
@@ -96,7 +98,7 @@ def test_each_ablation_switch_removes_exactly_its_term(switch: str) -> None:
 
 def test_weights_stay_in_range_for_wild_inputs() -> None:
     g = torch.Generator().manual_seed(1)
-    for w_min in (0.1, 0.5, 0.8):
+    for w_min, norm in itertools.product((0.1, 0.5, 0.8), ("mean", "max")):
         out = remix_weights(
             q_tot_B=100 * torch.randn(256, generator=g),
             y_B=100 * torch.randn(256, generator=g),
@@ -104,18 +106,49 @@ def test_weights_stay_in_range_for_wild_inputs() -> None:
             pi_BN=torch.rand(256, 3, generator=g),
             mixer_grad_BN=torch.rand(256, 3, generator=g) * 1e-6,
             on_policy_B=torch.rand(256, generator=g) * 5,
-            config=RemixWeightConfig(w_min=w_min),
+            config=RemixWeightConfig(w_min=w_min, normalization=norm),
         )
         assert torch.isfinite(out.w).all()
         assert out.w.min() >= w_min - 1e-6 and out.w.max() <= 1.0 + 1e-6
         assert out.w.max().item() == pytest.approx(1.0)
 
 
+def test_mapping_into_range_mean_and_max() -> None:
+    """mean: w = clip(E / mean(E), w_min, 1) (Theorem 1's E_mu[w] = 1); max: w_min + (1 - w_min) E / max(E)."""
+    y = torch.tensor([3.0, 0.5, 1.0, 2.0, 5.0, 0.0])  # Q_tot = 0: Bellman errors; row 5 has E = 0
+    b = _batch(q_tot_B=torch.zeros(6), y_B=y, q_star_B=torch.zeros(6), pi_BN=torch.full((6, 2), 0.25),
+               mixer_grad_BN=torch.full((6, 2), 0.5), on_policy_B=torch.ones(6))
+    b["q_tot_B"] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # row 5 overestimates
+    raw = y * 2.0  # mixer factor: 2 * 0.75 / 0.5 - 1 = 2
+    raw[5] = 0.0
+    mean_out = remix_weights(**b, config=CFG)
+    torch.testing.assert_close(mean_out.raw, raw)
+    torch.testing.assert_close(mean_out.w, (raw / raw.mean()).clamp(0.1, 1.0))
+    max_cfg = dataclasses.replace(CFG, normalization="max")
+    max_out = remix_weights(**b, config=max_cfg)
+    torch.testing.assert_close(max_out.w, 0.1 + 0.9 * raw / raw.max())
+
+
 def test_padded_rows_do_not_set_the_scale() -> None:
     b = _batch(y_B=torch.tensor([1.0, 2.0, 1.0, 100.0]), q_star_B=torch.zeros(4))
     valid = torch.tensor([True, True, True, False])
-    out = remix_weights(**b, config=CFG, valid_B=valid)
+    out = remix_weights(**b, config=dataclasses.replace(CFG, normalization="max"), valid_B=valid)
     assert out.w[1].item() == pytest.approx(1.0)
+    mean_out = remix_weights(**b, config=CFG, valid_B=valid)
+    torch.testing.assert_close(mean_out.w[:3], (torch.tensor([1.0, 2.0, 1.0]) / (4 / 3)).clamp(0.1, 1.0))
+    assert out.w[3].item() == pytest.approx(CFG.w_min)
+    # Garbage (NaN) in a padded row stays out of every weight.
+    b["pi_BN"] = b["pi_BN"].clone()
+    b["pi_BN"][3] = float("nan")
+    out = remix_weights(**b, config=CFG, valid_B=valid)
+    assert torch.isfinite(out.w).all()
+
+
+def test_boltzmann_prob_is_finite_on_padding() -> None:
+    util = torch.zeros(1, 2, 3)
+    avail = torch.tensor([[[True, False, False], [False, False, False]]])  # agent 1: padding row
+    p = boltzmann_chosen_prob(util, torch.tensor([[0, 0]]), avail)
+    assert torch.isfinite(p).all() and p[0, 0].item() == pytest.approx(1.0)
 
 
 def test_weights_carry_no_gradient() -> None:
@@ -129,6 +162,8 @@ def test_bad_config_is_refused() -> None:
         RemixWeightConfig(w_min=0.0)
     with pytest.raises(ValueError, match="w_min"):
         RemixWeightConfig(w_min=1.5)
+    with pytest.raises(ValueError, match="valid: mean, max"):
+        RemixWeightConfig(normalization="median")  # type: ignore[arg-type]
 
 
 def test_boltzmann_prob_ignores_unavailable_actions() -> None:

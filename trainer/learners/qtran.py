@@ -159,7 +159,8 @@ class QtranLearner(ValueLearner):
             others_BTN1 = (q_prime_BT.unsqueeze(-1) - q_i_taken_BTN).unsqueeze(-1)  # sum_{j != i} Q_j(u_j)
             q_prime_cf_BTNA = q_BTNA_now + others_BTN1  # Q'_jt(tau, ., u_-i)
             D_BTNA = (q_prime_cf_BTNA - q_jt_out.detach() + v_jt_BT[..., None, None]).pow(2)
-            min_D_BTN = D_BTNA.masked_fill(~avail_now, float("inf")).min(dim=-1).values
+            avail_BTNA = avail_now | ~avail_now.any(dim=-1, keepdim=True)  # padding rows: all "available"
+            min_D_BTN = D_BTNA.masked_fill(~avail_BTNA, float("inf")).min(dim=-1).values
             L_nopt_min = mean(min_D_BTN.mean(-1), batch)
             loss = L_td + c.lambda_opt * L_opt + c.lambda_nopt * L_nopt_min
             nopt_metrics = {"loss/nopt_min": float(L_nopt_min.detach())}

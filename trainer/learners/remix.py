@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ class RemixOptions:
     """Mixer-gradient factor on (ablation switch)."""
     on_policy: bool = True
     """On-policiness factor on (ablation switch; off also stops drawing recent episodes)."""
+    normalization: Literal["mean", "max"] = "mean"
+    """Estimate of the normalizer Z*: batch mean of the raw weights (E_mu[w] = 1) or their maximum."""
     temperature: float = 1.0
     """Temperature of the agents' Boltzmann policies pi^j."""
     recent_episodes: int = 64
@@ -73,7 +76,8 @@ class RemixOptions:
     def weight_config(self) -> RemixWeightConfig:
         return RemixWeightConfig(w_min=self.w_min, bellman_error=self.bellman_error,
                                  underestimation=self.underestimation, mixer_gradient=self.mixer_gradient,
-                                 on_policy=self.on_policy, temperature=self.temperature)
+                                 on_policy=self.on_policy, normalization=self.normalization,
+                                 temperature=self.temperature)
 
 
 @dataclass

@@ -7,15 +7,18 @@ For a transition with Q_tot <= y (an underestimate of the target y = B* Q*_{k-1}
         * (sum_j (1 - pi^j) / f'_{s,Q^j} - 1)   gradient of the monotonic mixer (f' = dQ_tot/dQ^j)
         * d^pi(s, u) / mu(s, u)                 on-policiness of the transition
 
-and a small constant for an overestimate (Q_tot > y). The unknown normaliser Z* is replaced by mapping
-the weights into ``[w_min, 1]`` (ReMIX §4.3, §5.4): overestimates get ``w_min`` (the paper's small
-constant), underestimates ``w_min + (1 - w_min) * E / max_batch(E)``, so the batch's largest E gets 1
-and weights stay proportional to E above the floor. Each of the four factors can be switched off
-(replaced by 1) for the §5.5 ablations; the Q_tot <= y case split (the KKT slackness condition) stays.
+and a small constant for an overestimate (Q_tot > y). Theorem 1 normalizes by Z*, fixed by the
+constraint ``E_mu[w] = 1``; we estimate it on the batch, ``Z = mean(E)`` over real rows
+(``normalization = "mean"``), then map into ``[w_min, 1]`` as §4.3/§5.4 do: ``w = clip(E / Z, w_min, 1)``
+for underestimates and ``w_min`` (the paper's small constant) for overestimates. ``"max"`` instead
+maps ``w_min + (1 - w_min) E / max(E)`` (proportional to E, but one outlier pushes the rest to w_min).
+Each of the four factors can be switched off (replaced by 1) for the §5.5 ablations; the
+Q_tot <= y case split (the KKT slackness condition) stays.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -34,6 +37,8 @@ class RemixWeightConfig:
     """Use the mixer-gradient factor ``sum_j (1 - pi^j) / f'_j - 1`` (ablation switch)."""
     on_policy: bool = True
     """Use the on-policiness factor ``d^pi / mu`` (ablation switch)."""
+    normalization: Literal["mean", "max"] = "mean"
+    """Estimate of Z*: the batch mean of E (Theorem 1's E_mu[w] = 1), or its maximum."""
     temperature: float = 1.0
     """Temperature of the agents' Boltzmann policies pi^j over their utilities."""
     grad_floor: float = 1e-3
@@ -44,6 +49,8 @@ class RemixWeightConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.w_min <= 1.0:
             raise ValueError(f"remix w_min must be in (0, 1], got {self.w_min}")
+        if self.normalization not in ("mean", "max"):
+            raise ValueError(f"remix normalization={self.normalization!r}; valid: mean, max")
         if self.temperature <= 0 or self.grad_floor <= 0 or self.max_gap <= 0:
             raise ValueError("remix temperature, grad_floor and max_gap must be > 0")
 
@@ -66,7 +73,10 @@ class RemixWeights:
 def boltzmann_chosen_prob(
     utilities_BNA: torch.Tensor, actions_BN: torch.Tensor, avail_BNA: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """pi^j(u_j | tau_j) ``[B, N]``: each agent's Boltzmann probability of its taken action (available ones only)."""
+    """pi^j(u_j | tau_j) ``[B, N]``: each agent's Boltzmann probability of its taken action (available ones only).
+
+    A row with no available action (episode padding) is treated as all-available, so it stays finite."""
+    avail_BNA = avail_BNA | ~avail_BNA.any(dim=-1, keepdim=True)
     logits = (utilities_BNA / temperature).masked_fill(~avail_BNA, float("-inf"))
     return torch.softmax(logits, dim=-1).gather(-1, actions_BN.long().unsqueeze(-1)).squeeze(-1)
 
@@ -86,7 +96,8 @@ def remix_weights(
     ``q_tot_B`` mixer output for the taken joint action; ``y_B`` the target B* Q*_{k-1};
     ``q_star_B`` the unrestricted Q* at the taken joint action; ``pi_BN`` each agent's Boltzmann
     probability of its taken action; ``mixer_grad_BN`` dQ_tot/dQ^j; ``on_policy_B`` the estimate of
-    d^pi/mu; ``valid_B`` (bool) excludes padded rows from the batch maximum.
+    d^pi/mu; ``valid_B`` (bool) marks real rows: padded ones get raw 0 (weight w_min) and do not set
+    the batch maximum, whatever garbage their inputs hold.
     """
     with torch.no_grad():
         q_tot_B, y_B, q_star_B = q_tot_B.detach(), y_B.detach(), q_star_B.detach()
@@ -103,10 +114,16 @@ def remix_weights(
         on_policy_B = on_policy_B.detach().to(q_tot_B.dtype) if config.on_policy else ones_B
 
         raw_B = bellman_error_B * underestimation_B * mixer_gradient_B * on_policy_B
-        raw_B = torch.where(underestimate_B, raw_B, torch.zeros_like(raw_B))
-        counted_B = raw_B if valid_B is None else raw_B.masked_fill(~valid_B, 0.0)
-        scale = counted_B.max().clamp(min=torch.finfo(raw_B.dtype).tiny)
-        w_B = config.w_min + (1.0 - config.w_min) * (raw_B / scale).clamp(max=1.0)
+        keep_B = underestimate_B if valid_B is None else underestimate_B & valid_B  # padded rows: raw 0
+        raw_B = torch.where(keep_B, raw_B, torch.zeros_like(raw_B))
+        tiny = torch.finfo(raw_B.dtype).tiny
+        if config.normalization == "mean":
+            n_valid = raw_B.numel() if valid_B is None else valid_B.sum().clamp(min=1)
+            z = (raw_B.sum() / n_valid).clamp(min=tiny)  # Z* from E_mu[w] = 1
+            w_B = (raw_B / z).clamp(config.w_min, 1.0)
+        else:
+            w_B = config.w_min + (1.0 - config.w_min) * raw_B / raw_B.max().clamp(min=tiny)
+        w_B = torch.where(keep_B, w_B, torch.full_like(w_B, config.w_min))
         return RemixWeights(
             w=w_B,
             raw=raw_B,
