@@ -304,11 +304,21 @@ def export_team(
         raise ModelError(f"opset {config.opset} not supported: choose {MIN_OPSET}..{MAX_OPSET}")
     bundle = _load_bundle(bundle_source, checkpoint)
     net = bundle.net.eval()
-    cfg = net.config
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ModelError(f"--out {out} exists and is not a directory")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export_into(bundle, net, out, config)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no empty model dir behind
+        raise
+
+
+def _export_into(bundle: BundleLike, net: AgentNet, out: Path, config: ExportConfig) -> ExportResult:
+    cfg = net.config
     exported_at = datetime.now(UTC).isoformat(timespec="seconds")
     episodes = record_episodes(bundle.env_id, cfg.n_agents, cfg.obs_dim, cfg.n_actions, config)
 

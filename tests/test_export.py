@@ -132,6 +132,9 @@ def test_failed_export_leaves_the_model_dir_as_it_was(exported, tmp_path):
     with pytest.raises(ModelError, match="opset 5 not supported"):
         export_team(make_bundle(), target, opset=5)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    with pytest.raises(ModelError):
+        export_team(wrong, tmp_path / "new" / "model")
+    assert not (tmp_path / "new" / "model").exists()
 
 
 @pytest.mark.parametrize("opset", [13, 21])
