@@ -176,7 +176,7 @@ def check_config(cfg: RenderConfig, model: ModelInfo) -> str:
                 "starting with a letter, at most 63 chars"
             )
     team = cfg.team or derive_team_name(model.manifest)
-    longest = f"{team}-agent-{model.n_agents - 1}"
+    longest = f"{team}-agent-{model.n_agents - 1}-headless"
     if len(longest) > 63:
         raise RenderInputError(f"--team {team!r} is too long: object names like {longest!r} must stay within 63 chars")
     if cfg.model_source not in MODEL_SOURCES:
@@ -414,6 +414,21 @@ def agent_service(cfg: RenderConfig, model: ModelInfo, team: str, index: int) ->
     }
 
 
+def agent_headless_service(cfg: RenderConfig, team: str, index: int) -> dict[str, Any]:
+    """Pod IPs in DNS, for client-side balancing (gRPC round_robin) or an Envoy STRICT_DNS cluster."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{_agent_name(team, index)}-headless", "labels": _selector(team, index)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": _selector(team, index),
+            "ports": [{"name": "grpc", "port": cfg.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                       "appProtocol": "kubernetes.io/h2c"}],
+        },
+    }
+
+
 def agent_pdb(team: str, index: int) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -628,7 +643,7 @@ def render_files(model: ModelInfo, cfg: RenderConfig, team: str) -> dict[str, by
     for i in range(model.n_agents):
         name = f"agent-{i}.yaml"
         docs = [agent_deployment(cfg, model, team, i), agent_service(cfg, model, team, i),
-                agent_pdb(team, i), agent_hpa(cfg, team, i)]
+                agent_headless_service(cfg, team, i), agent_pdb(team, i), agent_hpa(cfg, team, i)]
         files[name] = _yaml(docs, header)
         resources_list.append(name)
     if cfg.model_source == "pvc":

@@ -92,7 +92,7 @@ def test_render_validates_and_builds(model_dir: Path, tmp_path: Path, source: st
     model = load_model_dir(model_dir)
     team = "qtran-base-matrix-qtran"
     kinds = sorted(d["kind"] for d in docs)
-    expect = {"Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "HorizontalPodAutoscaler": 2, "Job": 1, "Namespace": 1}
+    expect = {"Deployment": 2, "Service": 4, "PodDisruptionBudget": 2, "HorizontalPodAutoscaler": 2, "Job": 1, "Namespace": 1}
     for kind, n in expect.items():
         assert kinds.count(kind) == n, (kind, kinds)
     assert all(d["metadata"].get("namespace", "marl-test") == "marl-test" for d in docs)
@@ -116,6 +116,8 @@ def test_render_validates_and_builds(model_dir: Path, tmp_path: Path, source: st
         assert {m["pods"]["metric"]["name"] for m in hpa["metrics"]} == {"marl_agent_live_episodes", "marl_agent_decision_seconds_p99"}
         ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports.keys()
+        headless = by_key[f"Service/{team}-agent-{i}-headless"]["spec"]
+        assert headless["clusterIP"] == "None" and headless["selector"] == sel
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert agent[probe]["grpc"]["port"] == ports["grpc"]
         assert agent["args"][:4] == ["serve", agent["args"][1], "--agent", str(i)]
