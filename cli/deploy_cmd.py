@@ -36,15 +36,26 @@ def render_cmd(
         runner_env=runner_env, runner_episodes=episodes,
     )
     result = render(model_dir, out, cfg, force=force)
+    from rich.table import Table
+
     m = result.model.manifest
+    table = Table(title=f"team {result.team}: {m['algorithm']} on {m['env_id']} -> {result.out_dir}/", title_justify="left")
+    for col in ("agent", "Deployment / Service", "model sha256", "replicas"):
+        table.add_column(col)
+    for i in range(result.model.n_agents):
+        table.add_row(str(i), f"{result.team}-agent-{i}", result.model.agent_entry(i)["sha256"][:16] + "...",
+                      f"{cfg.replicas}..{max(cfg.replicas, cfg.max_replicas)}")
+    console.print(table)
     console.print(
-        f"[bold green]rendered[/] team [bold]{result.team}[/] ({m['algorithm']} on {m['env_id']}, {m['n_agents']} agents, "
-        f"model via {cfg.model_source}) into {result.out_dir}/ ({len(result.files)} files)"
-    )
-    console.print(f"  kubectl apply -k {result.out_dir}                # agents, services, PDBs, HPAs, runner Job, dashboard")
-    console.print(f"  kubectl apply -k {result.out_dir}/monitoring     # PodMonitor (Prometheus Operator)")
-    console.print(f"  {result.out_dir}/prometheus/scrape-config.yaml    # plain Prometheus, no operator")
-    console.print(f"  {result.out_dir}/prometheus-adapter/values.yaml   # custom metrics for the HPAs")
+        f"namespace {cfg.namespace}, image {cfg.image}{' (GPU)' if cfg.gpu else ''}, model via {cfg.model_source}, "
+        f"manifest sha256 {result.model.manifest_sha256}, {len(result.files)} files", soft_wrap=True)
+    for line in (
+        f"kubectl apply -k {result.out_dir}              # agents, services, PDBs, HPAs, runner Job, dashboard",
+        f"kubectl apply -k {result.out_dir}/monitoring   # PodMonitor + PrometheusRule (Prometheus Operator)",
+        f"{result.out_dir}/prometheus/                    # plain Prometheus: scrape job + rule file",
+        f"{result.out_dir}/prometheus-adapter/values.yaml # custom metrics for the HPAs",
+    ):
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
 
 
 @deploy_app.command("verify-model")
