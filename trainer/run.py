@@ -278,6 +278,9 @@ class TrainingRun:
                     logger.event("checkpoint", st.env_steps, path=str(path))
                 progress.update(task, completed=min(st.env_steps, cfg.steps), info=self._info())
             self.run_eval(logger)
+            if cfg.eval_interval > 0:  # the final eval stands in for a periodic one due now (same as resumed)
+                while st.next_eval <= st.env_steps:
+                    st.next_eval += cfg.eval_interval
             progress.update(task, info=self._info())
         st.wall_s = wall0 + time.perf_counter() - t_start
         path = self.save_checkpoint()

@@ -1,0 +1,269 @@
+"""Trainer core: config layering and errors, replay, epsilon-greedy, batched rollout (hidden reset where done),
+mixers, agent bundles, and every registered algorithm training a few hundred steps on the real envs."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from marlctl.agents.bundle import load_agent_bundle, make_agent_bundle_entry
+from marlctl.agents.errors import ModelError
+from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+from marlctl.envs import make_batched_env
+from marlctl.envs.base import EnvSpec
+from marlctl.envs.errors import BackendUnavailableError
+from marlctl.trainer.config import (
+    ALGORITHMS,
+    ConfigWarning,
+    TrainConfig,
+    algorithm_spec,
+    check_against_env,
+    load_config,
+)
+from marlctl.trainer.errors import ConfigValueError, UnknownAlgorithmError, UnknownConfigKeyError
+from marlctl.trainer.mixers.qmix import QMixer
+from marlctl.trainer.replay import ReplayBuffer
+from marlctl.trainer.rollout import RolloutWorker, epsilon_greedy
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_layers_defaults_env_family_file_and_set(tmp_path: Path) -> None:
+    cfg = load_config("qmix", "matrix:qtran")
+    assert cfg.optim.lr == 5e-4 and cfg.learner.gamma == 0.99  # pymarl defaults
+    assert cfg.agent.recurrent is False and cfg.optim.optimizer == "adam"  # configs/env/matrix.toml
+    (tmp_path / "c.toml").write_text("[optim]\nlr = 0.01\n[env]\nnum_envs = 4\n")
+    cfg = load_config("qmix", "matrix:qtran", config_file=tmp_path / "c.toml", overrides=["optim.lr=0.002"],
+                      steps=123, seed=7)
+    assert (cfg.optim.lr, cfg.env.num_envs, cfg.run.steps, cfg.run.seed) == (0.002, 4, 123, 7)
+    (tmp_path / "c.json").write_text('{"replay": {"batch_size": 3}, "learner": {"double_q": false}}')
+    cfg = load_config("vdn", "smax:3m", config_file=tmp_path / "c.json", overrides=["learner.td_lambda=0.6"])
+    assert cfg.replay.batch_size == 3 and cfg.learner.double_q is False and cfg.learner.td_lambda == 0.6
+    assert cfg.env.num_envs == 64  # configs/env/smax.toml: >= 64 envs per batched call
+
+
+def test_config_errors_name_what_is_valid(tmp_path: Path) -> None:
+    with pytest.raises(UnknownAlgorithmError, match="valid: .*qmix.*vdn"):
+        load_config("qmixx", "matrix:qtran")
+    with pytest.raises(UnknownConfigKeyError, match=r"optim\.lrr.*valid keys.*optimizer, lr"):
+        load_config("vdn", "matrix:qtran", overrides=["optim.lrr=1"])
+    with pytest.raises(UnknownConfigKeyError, match="valid sections: run, env"):
+        load_config("vdn", "matrix:qtran", overrides=["optimizer.lr=1"])
+    with pytest.raises(ConfigValueError, match="valid: rmsprop, adam"):
+        load_config("vdn", "matrix:qtran", overrides=["optim.optimizer=sgd"])
+    with pytest.raises(ConfigValueError, match="not a number"):
+        load_config("vdn", "matrix:qtran", overrides=["optim.lr=fast"])
+    with pytest.raises(ConfigValueError, match="section.key=value"):
+        load_config("vdn", "matrix:qtran", overrides=["lr=1"])
+    with pytest.raises(UnknownConfigKeyError, match="takes no keys"):
+        load_config("vdn", "matrix:qtran", overrides=["algo.alpha=0.3"])
+    with pytest.raises(ConfigValueError, match=r"algo\.alpha.*\(0, 1\]"):
+        load_config("ow-qmix", "matrix:qtran", overrides=["algo.alpha=0"])
+    (tmp_path / "bad.toml").write_text("[optim\nlr=")
+    with pytest.raises(ConfigValueError, match="not valid TOML"):
+        load_config("vdn", "matrix:qtran", config_file=tmp_path / "bad.toml")
+
+
+@dataclass(frozen=True)
+class _NeedsFullObs:
+    """Options with an env-dependent warning, like QTRAN's V_jt = 0."""
+
+    zero_v: bool = True
+    """Pretend option."""
+
+    def env_warnings(self, spec: EnvSpec) -> list[str]:
+        return [f"zero_v on partially observable {spec.env_id}"] if self.zero_v and not spec.fully_observable else []
+
+
+def test_env_warnings_mechanism() -> None:
+    cfg = TrainConfig(algo=_NeedsFullObs())
+    partial = EnvSpec("x:p", 2, 3, 4, 5, 6, fully_observable=False)
+    full = EnvSpec("x:f", 2, 3, 4, 5, 6, fully_observable=True)
+    with pytest.warns(ConfigWarning, match="zero_v on partially observable x:p"):
+        assert check_against_env(cfg, partial) == ["zero_v on partially observable x:p"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_against_env(cfg, full) == []
+    with pytest.raises(ConfigValueError, match="exclusive"):
+        check_against_env(load_config("vdn", "hallway", overrides=["learner.td_lambda=0.5", "learner.n_step=3"]),
+                          full)
+
+
+# ------------------------------------------------------------------ replay / exploration
+
+
+def _spec(T: int = 4) -> EnvSpec:
+    return EnvSpec("t", n_agents=2, obs_dim=3, state_dim=5, n_actions=4, episode_limit=T)
+
+
+def test_replay_ring_sample_and_state_roundtrip() -> None:
+    spec = _spec()
+    buf = ReplayBuffer(spec, capacity=3, max_t=4)
+    src = ReplayBuffer(spec, capacity=5, max_t=4).arrays.data
+    for i in range(5):
+        src["reward"][i, : i % 4 + 1] = i + 1
+        src["filled"][i, : i % 4 + 1] = True
+        src["obs"][i] = i
+    buf.insert(src, np.array([0, 1]))
+    buf.insert(src, np.array([2, 3, 4]))  # overwrites the two oldest
+    assert len(buf) == 3 and buf.episodes_added == 5
+    assert sorted(buf.arrays.data["obs"][:, 0, 0, 0].tolist()) == [2.0, 3.0, 4.0]
+    batch = buf.sample(8, np.random.default_rng(0))
+    assert batch.obs.shape == (8, batch.max_t + 1, 2, 3) and batch.actions.shape == (8, batch.max_t, 2)
+    assert batch.max_t == int(buf.lengths.max())
+    assert torch.equal(batch.prev_actions[:, 0], torch.full((8, 2), -1))
+    # each sampled episode's reward sum is consistent with its stored id (i+1 per filled step)
+    ids = batch.obs[:, 0, 0, 0].long()
+    torch.testing.assert_close(batch.reward.sum(1), ((ids + 1) * ((ids % 4) + 1)).float())
+    clone = ReplayBuffer(spec, capacity=3, max_t=4)
+    clone.load_state_dict(buf.state_dict())
+    for k in buf.arrays.data:
+        assert np.array_equal(clone.arrays.data[k], buf.arrays.data[k])
+    assert (clone.pos, clone.size) == (buf.pos, buf.size)
+
+
+def test_epsilon_greedy_never_unavailable_and_greedy_at_zero() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(64, 3, 5))
+    avail = rng.random((64, 3, 5)) < 0.5
+    avail[..., 2] = True
+    greedy = epsilon_greedy(q, avail, 0.0, rng)
+    assert np.array_equal(greedy, np.where(avail, q, -np.inf).argmax(-1))
+    for eps in (0.3, 1.0):
+        a = epsilon_greedy(q, avail, eps, rng)
+        assert np.take_along_axis(avail, a[..., None], -1).all()
+    counts = np.bincount(epsilon_greedy(np.zeros((20000, 1, 4)), np.ones((20000, 1, 4), bool), 1.0, rng).ravel())
+    assert counts.min() > 4500  # uniform over the available actions
+
+
+# ------------------------------------------------------------------ rollout
+
+
+class RecordingAgentNet(AgentNet):
+    """The real agent network, recording the hidden state and previous action of every call."""
+
+    def __init__(self, config: AgentNetConfig) -> None:
+        super().__init__(config)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, obs_BO, prev_action_B, agent_id_B, hidden_BH):  # type: ignore[override]
+        self.calls.append((hidden_BH.clone(), prev_action_B.clone()))
+        return super().forward(obs_BO, prev_action_B, agent_id_B, hidden_BH)
+
+
+def test_rollout_resets_hidden_exactly_where_done_and_cuts_episodes() -> None:
+    torch.manual_seed(0)
+    env = make_batched_env("hallway", 6)  # multi-step episodes of different lengths, auto-reset
+    spec = env.spec
+    net = RecordingAgentNet(AgentNetConfig(spec.obs_dim, spec.n_actions, spec.n_agents, hidden_dim=16))
+    worker = RolloutWorker(env, net, torch.device("cpu"))
+    buf = ReplayBuffer(spec, capacity=500, max_t=spec.episode_limit)
+    dones: list[np.ndarray] = []
+    real_step = env.step
+
+    def step_and_record(actions: np.ndarray):  # the real env's step; remember its done flags
+        out = real_step(actions)
+        dones.append(out.done.copy())
+        return out
+
+    env.step = step_and_record  # type: ignore[method-assign]
+    res = worker.run_steps(60, epsilon=0.5, rng=np.random.default_rng(0), sink=buf, reset_seed=12)
+    assert res.env_steps == 60 * 6 and res.episodes > 6
+    assert any(d.any() and not d.all() for d in dones)  # some envs ended while others went on
+    first_B = np.ones(6, dtype=bool)  # envs whose episode starts at this call
+    for k, (hidden_RH, prev_R) in enumerate(net.calls):
+        hidden_BNH = hidden_RH.view(6, spec.n_agents, -1)
+        assert torch.all(hidden_BNH[first_B] == 0), f"call {k}: hidden not reset at an episode start"
+        assert torch.all(hidden_BNH[~first_B].abs().sum(-1) > 0), f"call {k}: hidden reset mid-episode"
+        assert np.array_equal(prev_R.numpy() == -1, np.repeat(first_B, spec.n_agents))
+        first_B = dones[k]
+    # Episodes went into the buffer whole, when they ended: returns match, taken actions were available.
+    assert len(buf) == res.episodes
+    batch = buf.gather(np.arange(len(buf)))
+    assert torch.equal(batch.filled.sum(1), torch.from_numpy(res.lengths))
+    np.testing.assert_allclose(batch.reward.sum(1).double().numpy(), res.returns, rtol=1e-6)
+    taken_avail = batch.avail[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    assert torch.all(taken_avail[batch.filled])
+    assert not batch.filled[:, 0].logical_not().any()
+
+
+def test_greedy_rollout_matches_learner_unroll_of_stored_episodes() -> None:
+    """What the agent saw while acting (obs, prev action, hidden) is what the learner unrolls from the buffer."""
+    cfg = load_config("vdn", "hallway", overrides=["env.num_envs=4", "agent.hidden_dim=16"])
+    from marlctl.trainer.learners.vdn_qmix import VDNLearner
+
+    env = make_batched_env("hallway", 4)
+    torch.manual_seed(1)
+    learner = VDNLearner(cfg, env.spec, torch.device("cpu"))
+    buf = ReplayBuffer(env.spec, 64, env.spec.episode_limit)
+    worker = RolloutWorker(env, learner.agent, torch.device("cpu"))
+    res = worker.run_episodes(8, seed=5, epsilon=0.0, rng=np.random.default_rng(0), sink=buf)
+    assert res.episodes == 8 and len(buf) == 8
+    batch = buf.gather(np.arange(8))
+    with torch.no_grad():
+        q = learner.agent_q(batch)[:, :-1]  # [B, T, N, A]
+    greedy = q.masked_fill(~batch.avail[:, :-1], float("-inf")).argmax(-1)
+    assert torch.equal(greedy[batch.filled], batch.actions[batch.filled])
+
+
+def test_qmix_mixer_is_monotonic() -> None:
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=3, state_dim=5)
+    q = torch.randn(4, 6, 3, requires_grad=True)
+    mixer(q, torch.randn(4, 6, 5)).sum().backward()
+    assert torch.all(q.grad >= 0)
+
+
+# ------------------------------------------------------------------ bundles
+
+
+def test_agent_bundle_roundtrip_and_refusals(tmp_path: Path) -> None:
+    net = AgentNet(AgentNetConfig(obs_dim=4, n_actions=3, n_agents=2, hidden_dim=8))
+    ckpt = {"format": "marlctl.checkpoint", "version": 1, "algo": "vdn", "env_id": "hallway",
+            "env_spec": {"n_agents": 2}, "env_steps": 10, "agent": make_agent_bundle_entry(net, "q")}
+    torch.save(ckpt, tmp_path / "a.pt")
+    bundle = load_agent_bundle(tmp_path / "a.pt")
+    assert bundle.kind == "q" and bundle.algo == "vdn" and len(bundle.checkpoint_sha256) == 64
+    for k, v in net.state_dict().items():
+        assert torch.equal(bundle.net.state_dict()[k], v)
+    (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
+    with pytest.raises(ModelError, match="not a readable marlctl checkpoint"):
+        load_agent_bundle(tmp_path / "b.pt")
+    torch.save({"format": "something-else"}, tmp_path / "c.pt")
+    with pytest.raises(ModelError, match="not a marlctl checkpoint"):
+        load_agent_bundle(tmp_path / "c.pt")
+    with pytest.raises(ModelError, match="without checkpoints/latest.pt"):
+        load_agent_bundle(tmp_path)
+    bad = dict(ckpt, agent=dict(ckpt["agent"], config=dict(ckpt["agent"]["config"], hidden_dim=9)))
+    torch.save(bad, tmp_path / "d.pt")
+    with pytest.raises(ModelError, match="does not load"):
+        load_agent_bundle(tmp_path / "d.pt")
+
+
+# ------------------------------------------------------------------ every algorithm on the real envs
+
+TINY = ["env.num_envs=2", "replay.batch_size=2", "replay.capacity=8", "run.eval_episodes=2", "run.log_interval=100",
+        "run.eval_interval=0", "run.save_interval=0", "run.progress=false", "agent.hidden_dim=16",
+        "learner.target_update_episodes=2"]
+ENVS = ["smax:3m", "grf:academy_empty_goal_close", "predator_prey"]
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_every_algorithm_trains_a_few_hundred_steps(algo: str, env_id: str, tmp_path: Path) -> None:
+    from marlctl.trainer.run import train_run
+
+    try:
+        cfg = load_config(algo, env_id, overrides=TINY, steps=300, seed=0, device="cpu")
+        summary = train_run(cfg, tmp_path / "run")
+    except BackendUnavailableError as exc:
+        pytest.skip(f"{env_id}: {exc}")
+    assert summary.env_steps >= 300 and summary.updates >= 1
+    assert "eval/return" in summary.last_eval
+    bundle = load_agent_bundle(tmp_path / "run")
+    assert bundle.algo == algo and bundle.env_id == env_id and bundle.kind == (
+        "q" if algorithm_spec(algo).kind == "value" else "actor")
+    assert bundle.net.config.n_agents == bundle.env_spec["n_agents"]
