@@ -25,6 +25,19 @@ def render_cmd(
     runner_image: str = typer.Option(None, "--runner-image", help="Runner Job image (default --image; SMAX/GRF need the train image)."),
     runner_env: str = typer.Option(None, "--runner-env", help="Env id the runner plays (default: the manifest's)."),
     episodes: int = typer.Option(100, "--episodes", help="Episodes the runner Job plays."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Episodes the runner Job plays at once."),
+    grpc_port: int = typer.Option(50051, "--grpc-port", help="Agent gRPC port (container and Service)."),
+    metrics_port: int = typer.Option(9091, "--metrics-port", help="Agent Prometheus metrics port."),
+    runner_metrics_port: int = typer.Option(9092, "--runner-metrics-port", help="Runner Prometheus metrics port."),
+    max_episodes: int = typer.Option(1024, "--max-episodes", help="Live-episode bound per agent process."),
+    cpu_request: str = typer.Option("500m", "--cpu-request", help="Agent container CPU request."),
+    cpu_limit: str = typer.Option("1", "--cpu-limit", help="Agent container CPU limit."),
+    memory_request: str = typer.Option("256Mi", "--memory-request", help="Agent container memory request."),
+    memory_limit: str = typer.Option("1Gi", "--memory-limit", help="Agent container memory limit."),
+    pvc_size: str = typer.Option("1Gi", "--pvc-size", help="Model PersistentVolumeClaim size (--model-source pvc)."),
+    target_live_episodes: int = typer.Option(64, "--target-live-episodes", help="HPA target: live episodes per pod."),
+    target_decision_p99: str = typer.Option("5m", "--target-decision-p99", help="HPA target: p99 decision seconds per pod, a quantity (5m = 5 ms)."),
+    termination_grace: int = typer.Option(40, "--termination-grace", help="Pod termination grace seconds (preStop + drain)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out dir."),
 ) -> None:
     """Render Deployments, Services, PDBs, HPAs, a runner Job and monitoring files for a team."""
@@ -33,7 +46,11 @@ def render_cmd(
     cfg = RenderConfig(
         image=image, namespace=namespace, replicas=replicas, max_replicas=max_replicas, gpu=gpu,
         model_source=model_source, model_url=model_url, team=team, runner_image=runner_image,
-        runner_env=runner_env, runner_episodes=episodes,
+        runner_env=runner_env, runner_episodes=episodes, runner_concurrency=concurrency, grpc_port=grpc_port,
+        metrics_port=metrics_port, runner_metrics_port=runner_metrics_port, max_episodes=max_episodes,
+        cpu_request=cpu_request, cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
+        pvc_size=pvc_size, target_live_episodes=target_live_episodes, target_decision_p99=target_decision_p99,
+        termination_grace_seconds=termination_grace,
     )
     result = render(model_dir, out, cfg, force=force)
     from rich.table import Table

@@ -339,3 +339,19 @@ def test_promtool_accepts_rendered_prometheus_files(model_dir: Path, tmp_path: P
     broken = tmp_path / "broken.yaml"
     broken.write_text(checked.read_text().replace("action: keep", "action: keeep"))
     assert subprocess.run([promtool, "check", "config", str(broken)], capture_output=True, timeout=60).returncode != 0
+
+
+def test_every_option_named_in_errors_exists() -> None:
+    """Error messages name CLI options (--memory-limit, ...): each must be a real `deploy render` option."""
+    import inspect
+
+    import marlctl.deploy.render as render_module
+
+    checks = inspect.getsource(render_module.check_config) + inspect.getsource(render_module.parse_image)
+    named = set(re.findall(r"--[a-z][a-z0-9-]+", checks))
+    proc = subprocess.run([str(VENV_BIN / "marlctl"), "deploy", "render", "--help"], capture_output=True, text=True,
+                          timeout=60, env={"COLUMNS": "200", "PATH": str(VENV_BIN), "TERM": "dumb"})
+    assert proc.returncode == 0, proc.stderr
+    offered = set(re.findall(r"--[a-z][a-z0-9-]+", proc.stdout))
+    assert named <= offered, f"errors name options the CLI lacks: {named - offered}"
+    assert len(named) >= 15
