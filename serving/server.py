@@ -45,6 +45,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from marlctl.agents.onnx_io import marlctl_version
 from marlctl.proto import agent_pb2, agent_pb2_grpc
+from marlctl.serving import wire
 from marlctl.serving.errors import AgentServiceError
 from marlctl.serving.metrics import ServerMetrics, start_metrics_http
 from marlctl.serving.model import AgentModel, ModelConfig, load_agent_model
@@ -311,9 +312,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return self.model, self.episodes, self.batcher
 
     # ---- request handling --------------------------------------------------------------------
-    def _validate(self, model: AgentModel, msg: agent_pb2.Observation) -> tuple[np.ndarray, np.ndarray]:
-        obs_O = np.array(msg.obs, dtype=np.float32)
-        avail_A = np.array(msg.avail_actions, dtype=bool)
+    @staticmethod
+    def _validate(model: AgentModel, obs_O: np.ndarray, avail_A: np.ndarray) -> None:
         if obs_O.shape[0] != model.obs_dim:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"obs has {obs_O.shape[0]} values, expected obs_dim={model.obs_dim}")
@@ -327,11 +327,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not avail_A.any():
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "avail_actions is all false: at least one action must be available")
-        return obs_O, avail_A
 
-    async def _decide(self, ep: Episode, msg: agent_pb2.Observation, t0: int) -> agent_pb2.Decision:
+    async def _decide(self, ep: Episode, obs_O: np.ndarray, avail_A: np.ndarray, t0: int
+                      ) -> tuple[int, np.ndarray, int, int, int, int]:
+        """Validate, decide, advance the episode; ``(action, scores [A], step, decision_ns, inference_ns, batch)``."""
         model, _, batcher = self._ready()
-        obs_O, avail_A = self._validate(model, msg)
+        self._validate(model, obs_O, avail_A)
         action, scores_A, hidden_1H, inf_ns, batch = await batcher.decide(obs_O, ep.prev_action, avail_A, ep.hidden_1H)
         ep.hidden_1H, ep.prev_action = hidden_1H, action
         step = ep.step
@@ -339,17 +340,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         dt = time.perf_counter_ns() - t0
         self._decision_hist.observe(dt * 1e-9)
         self._ok_counter.inc()
-        return agent_pb2.Decision(action=action, scores=scores_A.tolist(), step=step,
-                                  timing=agent_pb2.ServerTiming(decision_ns=dt, inference_ns=inf_ns, batch_size=batch))
+        return action, scores_A, step, dt, inf_ns, batch
 
     async def _refuse(self, context: grpc.aio.ServicerContext, err: RequestError, episode_id: str) -> None:
         self._counter(err.code).inc()
         log.warning("request %s episode %s refused: %s %s", request_id_var.get(), episode_id, err.code.name, err)
         await context.abort(err.code, str(err))
 
-    async def Episode(self, request_iterator: AsyncIterator[agent_pb2.Observation],
-                      context: grpc.aio.ServicerContext) -> None:
-        # context.read()/write() rather than an async generator: one layer less per message.
+    async def Episode(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        """One episode per stream. Registered with raw-bytes (de)serializers (``add_to_server``): the
+        packed fields are read/written with NumPy by ``serving.wire``; context.read()/write() rather than
+        an async generator saves one layer per message."""
         episode_id = f"stream-{uuid.uuid4().hex[:12]}"
         try:
             if self.draining:
@@ -363,14 +364,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if task is not None:
             self._stream_tasks.add(task)
         try:
-            while (msg := await context.read()) is not grpc.aio.EOF:
+            while (raw := await context.read()) is not grpc.aio.EOF:
                 t0 = time.perf_counter_ns()
-                if msg.episode_id and ep.step == 0:
-                    log.debug("stream %s is client episode %s", episode_id, msg.episode_id)
                 try:
-                    await context.write(await self._decide(ep, msg, t0))
+                    obs_O, avail_A, client_eid = wire.decode_observation(raw)
+                except ValueError as exc:
+                    await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)), episode_id)
+                    return
+                if client_eid and ep.step == 0:
+                    log.debug("stream %s is client episode %s", episode_id, client_eid)
+                try:
+                    await context.write(wire.encode_decision(*await self._decide(ep, obs_O, avail_A, t0)))
                 except RequestError as err:
-                    await self._refuse(context, err, msg.episode_id or episode_id)
+                    await self._refuse(context, err, client_eid or episode_id)
                     return
         except asyncio.CancelledError:
             if self.draining:  # ended by shutdown after the grace period: tell the client why
@@ -410,7 +416,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                    f"episode {eid!r} has a decision in flight; unary calls of one episode must be sequential")
             ep.busy = True
             try:
-                decision = await self._decide(ep, request.observation, t0)
+                obs = request.observation
+                action, scores_A, step, dt, inf_ns, batch = await self._decide(
+                    ep, np.array(obs.obs, np.float32), np.array(obs.avail_actions, bool), t0)
+                decision = agent_pb2.Decision(
+                    action=action, scores=scores_A.tolist(), step=step,
+                    timing=agent_pb2.ServerTiming(decision_ns=dt, inference_ns=inf_ns, batch_size=batch))
             except RequestError:
                 if request.start:
                     episodes.close(eid)  # a refused first step leaves nothing behind
@@ -444,6 +455,22 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for t in tasks:
             t.cancel()
         return len(tasks)
+
+
+def add_to_server(servicer: AgentServicer, server: grpc.aio.Server) -> None:
+    """Register the service like the generated ``add_AgentServiceServicer_to_server``, except that
+    ``Episode`` exchanges raw bytes (decoded/encoded by ``serving.wire``)."""
+    handlers = {
+        "Episode": grpc.stream_stream_rpc_method_handler(servicer.Episode),
+        "Decide": grpc.unary_unary_rpc_method_handler(
+            servicer.Decide, request_deserializer=agent_pb2.DecideRequest.FromString,
+            response_serializer=agent_pb2.Decision.SerializeToString),
+        "GetSpec": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSpec, request_deserializer=agent_pb2.GetSpecRequest.FromString,
+            response_serializer=agent_pb2.AgentSpec.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class RequestIdInterceptor(grpc.aio.ServerInterceptor):
@@ -497,7 +524,7 @@ class AgentServer:
                    ("grpc.max_send_message_length", cfg.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(interceptors=[RequestIdInterceptor()], options=options)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -389,3 +389,15 @@ def test_request_id_is_echoed_in_trailing_metadata(stub):
     assert any(k == "x-request-id" and len(v) == 16 for k, v in exc.value.trailing_metadata())
     stream = stub.Episode(iter([good]), metadata=(("x-request-id", "s-1"),))
     assert len(list(stream)) == 1 and ("x-request-id", "s-1") in tuple(stream.trailing_metadata())
+
+
+def test_malformed_stream_bytes_are_invalid_argument(server, stub):
+    raw = server.channel().stream_stream("/marlctl.agent.v1.AgentService/Episode")  # no serializers: raw bytes
+    good = agent_pb2.Observation(obs=[0.0] * OBS_DIM, avail_actions=[True, True]).SerializeToString()
+    with pytest.raises(grpc.RpcError) as exc:
+        list(raw(iter([good, b"\x0a\xff\xff"])))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed Observation" in exc.value.details()
+    # a valid but non-canonical encoding (unpacked repeated fields) is still served
+    unpacked = b"".join(b"\x0d\x00\x00\x00\x00" for _ in range(OBS_DIM)) + b"\x10\x01\x10\x01"
+    (decision,) = list(raw(iter([unpacked])))
+    assert agent_pb2.Decision.FromString(decision).step == 0

@@ -1,0 +1,54 @@
+"""The stream's fast codecs agree with the protobuf runtime on every encoding they meet."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from marlctl.proto import agent_pb2
+from marlctl.serving.wire import decode_observation, encode_decision, parse_observation
+
+
+@pytest.mark.parametrize("obs_dim, n_actions, eid", [(0, 0, ""), (1, 1, ""), (77, 6, "ep-1"), (115, 19, "é-ünï")])
+def test_fast_parse_equals_protobuf(obs_dim, n_actions, eid):
+    rng = np.random.default_rng(obs_dim)
+    for _ in range(20):
+        obs = rng.standard_normal(obs_dim).astype(np.float32)
+        obs[rng.random(obs_dim) < 0.1] = np.nan
+        avail = rng.random(n_actions) < 0.5
+        data = agent_pb2.Observation(obs=obs.tolist(), avail_actions=avail.tolist(), episode_id=eid).SerializeToString()
+        fast = parse_observation(data)
+        assert fast is not None
+        np.testing.assert_array_equal(fast[0], obs)  # NaN == NaN for assert_array_equal
+        assert fast[0].dtype == np.float32 and fast[1].dtype == bool
+        np.testing.assert_array_equal(fast[1], avail)
+        assert fast[2] == eid
+
+
+def test_non_canonical_encodings_fall_back_to_protobuf():
+    obs = [1.5, -2.0, 3.25]
+    unpacked = b"".join(b"\x0d" + struct.pack("<f", x) for x in obs) + b"\x10\x01\x10\x00"
+    split = b"\x0a\x04" + struct.pack("<f", obs[0]) + b"\x0a\x08" + struct.pack("<2f", *obs[1:]) + b"\x12\x02\x01\x00"
+    unknown = agent_pb2.Observation(obs=obs, avail_actions=[True, False]).SerializeToString() + b"\x20\x07"
+    wide_bool = b"\x0a\x0c" + struct.pack("<3f", *obs) + b"\x12\x03\x81\x00\x00"  # bool true as a 2-byte varint
+    for data in (unpacked, split, unknown, wide_bool):
+        assert parse_observation(data) is None
+        want = agent_pb2.Observation.FromString(data)
+        got = decode_observation(data)
+        np.testing.assert_array_equal(got[0], np.array(want.obs, np.float32))
+        np.testing.assert_array_equal(got[1], np.array(want.avail_actions, bool))
+
+
+@pytest.mark.parametrize("data", [b"\x0a\x09\x00", b"\x0a\xff", b"\xff\xff\xff", b"\x0a\x05" + b"\x00" * 5])
+def test_malformed_bytes_raise_value_error(data):
+    with pytest.raises(ValueError, match="malformed Observation"):
+        decode_observation(data)
+
+
+@pytest.mark.parametrize("action, step, ns", [(0, 0, 0), (3, 7, 123_456), (-1, 2**31, 2**63 - 1), (2**31 - 1, 1, 1)])
+def test_encoded_decision_reads_back_identically(action, step, ns):
+    scores = np.array([0.5, -1.25, np.inf, 3e-8], np.float32)
+    got = agent_pb2.Decision.FromString(encode_decision(action, scores, step, ns, ns // 2, 64))
+    want = agent_pb2.Decision(action=action, scores=scores.tolist(), step=step,
+                              timing=agent_pb2.ServerTiming(decision_ns=ns, inference_ns=ns // 2, batch_size=64))
+    assert got == want
