@@ -30,7 +30,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
 def _encode_varint(value: int) -> bytes:
+    if value < 128:
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         b = value & 0x7F
