@@ -345,9 +345,9 @@ def test_every_option_named_in_errors_exists() -> None:
     """Error messages name CLI options (--memory-limit, ...): each must be a real `deploy render` option."""
     import inspect
 
-    import marlctl.deploy.render as render_module
+    import marlctl.deploy.config as config_module
 
-    checks = inspect.getsource(render_module.check_config) + inspect.getsource(render_module.parse_image)
+    checks = inspect.getsource(config_module.check_config) + inspect.getsource(config_module.parse_image)
     named = set(re.findall(r"--[a-z][a-z0-9-]+", checks))
     proc = subprocess.run([str(VENV_BIN / "marlctl"), "deploy", "render", "--help"], capture_output=True, text=True,
                           timeout=60, env={"COLUMNS": "200", "PATH": str(VENV_BIN), "TERM": "dumb"})
