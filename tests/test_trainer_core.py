@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -251,10 +252,44 @@ TINY = ["env.num_envs=2", "replay.batch_size=2", "replay.capacity=8", "run.eval_
 ENVS = ["smax:3m", "grf:academy_empty_goal_close", "predator_prey"]
 
 
+class _SharedEnv:
+    """A real batched env shared by the tests of this module (each new SMAX instance JIT-compiles for ~10 s);
+    ``close`` is deferred to the end of the module."""
+
+    def __init__(self, env: Any) -> None:
+        self.env, self.spec, self.num_envs = env, env.spec, env.num_envs
+
+    def reset(self, seed: int | None = None) -> Any:
+        return self.env.reset(seed=seed)
+
+    def step(self, actions: np.ndarray) -> Any:
+        return self.env.step(actions)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def shared_envs() -> Any:
+    cache: dict[tuple[str, int], _SharedEnv] = {}
+    yield cache
+    for shared in cache.values():
+        shared.env.close()
+
+
 @pytest.mark.parametrize("env_id", ENVS)
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
-def test_every_algorithm_trains_a_few_hundred_steps(algo: str, env_id: str, tmp_path: Path) -> None:
+def test_every_algorithm_trains_a_few_hundred_steps(algo: str, env_id: str, tmp_path: Path, shared_envs: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import marlctl.envs
     from marlctl.trainer.run import train_run
+
+    def make_shared(env_id: str, num_envs: int) -> _SharedEnv:
+        if (env_id, num_envs) not in shared_envs:
+            shared_envs[env_id, num_envs] = _SharedEnv(make_batched_env(env_id, num_envs))
+        return shared_envs[env_id, num_envs]
+
+    monkeypatch.setattr(marlctl.envs, "make_batched_env", make_shared)
 
     try:
         cfg = load_config(algo, env_id, overrides=TINY, steps=300, seed=0, device="cpu")

@@ -1,0 +1,112 @@
+"""Training-loop throughput: env-steps/s and updates/s of each algorithm on SMAX maps, as JSON + Markdown.
+
+Each (algorithm, map) builds the algorithm exactly as ``marlctl train`` does (same config layers), runs one
+untimed warm-up iteration (JAX compiles the batched env, first episodes), then times whole training
+iterations (batched rollout + replay + gradient updates) until ``--steps`` env steps or ``--max-seconds``.
+
+    python bench/train_throughput.py --steps 6400 --out bench/results/train_throughput
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str, overrides: list[str]) -> dict:
+    import torch
+    from marlctl.envs import env_spec
+    from marlctl.trainer.config import algorithm_spec, load_config
+    from marlctl.trainer.run import resolve_device, seed_everything
+
+    cfg = load_config(algo, env_id, overrides=overrides, steps=steps, seed=0, device=device)
+    dev = resolve_device(cfg.run.device)
+    torch.set_num_threads(max(cfg.run.torch_threads, 1))
+    seed_everything(0)
+    spec = env_spec(env_id)
+    t_build = time.perf_counter()
+    alg = algorithm_spec(algo).build(cfg, spec, dev)
+    warm = alg.train_iteration()
+    warmup_s = time.perf_counter() - t_build
+    env_steps = updates = iterations = 0
+    t0 = time.perf_counter()
+    while env_steps < steps and time.perf_counter() - t0 < max_seconds:
+        stats = alg.train_iteration()
+        env_steps += stats.env_steps
+        updates += stats.updates
+        iterations += 1
+    wall = time.perf_counter() - t0
+    close = getattr(alg, "close", None)
+    if callable(close):
+        close()
+    return {
+        "algo": algo, "env_id": env_id, "device": str(dev), "num_envs": cfg.env.num_envs,
+        "env_steps": env_steps, "updates": updates, "iterations": iterations, "wall_s": round(wall, 3),
+        "env_steps_per_s": round(env_steps / wall, 1), "updates_per_s": round(updates / wall, 3),
+        "warmup_s": round(warmup_s, 2), "warmup_env_steps": warm.env_steps,
+        "capped_by_time": env_steps < steps,
+    }
+
+
+def to_markdown(rows: list[dict], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Training throughput (whole training loop: batched rollout + replay + updates)",
+        "",
+        f"Budget: {meta['steps']} env steps per run after one untimed warm-up iteration (cap {meta['max_seconds']} s); "
+        f"device {meta['device']}; torch threads {meta['torch_threads']}; machine: {meta['machine']}.",
+        f"Config: each algorithm's and env family's defaults plus `{' '.join(meta['overrides']) or '(none)'}`.",
+        "",
+        "| algo | env | envs | env steps | updates | wall s | env-steps/s | updates/s | warm-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | |")
+            continue
+        lines.append(f"| {r['algo']} | {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['updates']} | "
+                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {r['updates_per_s']:.2f} | {r['warmup_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from marlctl.trainer.config import ALGORITHMS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algos", default=",".join(sorted(ALGORITHMS)))
+    ap.add_argument("--envs", default="smax:3m,smax:2s3z")
+    ap.add_argument("--steps", type=int, default=6400, help="timed env steps per run (after warm-up)")
+    ap.add_argument("--max-seconds", type=float, default=120.0, help="cap on the timed part of one run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--out", default="bench/results/train_throughput", help="path prefix of .json and .md")
+    args = ap.parse_args(argv)
+    rows: list[dict] = []
+    for env_id in args.envs.split(","):
+        for algo in args.algos.split(","):
+            try:
+                row = measure(algo, env_id, args.steps, args.max_seconds, args.device, args.overrides)
+            except Exception as exc:  # noqa: BLE001 - one failing algorithm must not hide the others
+                row = {"algo": algo, "env_id": env_id, "error": f"{type(exc).__name__}: {exc}"[:200]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    meta = {"steps": args.steps, "max_seconds": args.max_seconds, "device": args.device, "overrides": args.overrides,
+            "torch_threads": 1, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"),
+                         (".md", to_markdown(rows, meta))):
+        tmp = out.with_name(out.name + suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out.with_name(out.name + suffix))
+    print(to_markdown(rows, meta))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
