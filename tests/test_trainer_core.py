@@ -93,6 +93,21 @@ def test_env_warnings_mechanism() -> None:
                           full)
 
 
+def test_vjt_zero_on_partially_observable_env_warns_in_the_run_log(tmp_path: Path) -> None:
+    from marlctl.trainer.run import train_run
+
+    if "qtran-base" not in ALGORITHMS:
+        pytest.skip("qtran-base is not registered")
+    cfg = load_config("qtran-base", "predator_prey:agents=2,prey=1,grid=5",
+                      overrides=[*TINY, "algo.vjt_zero=true"], steps=10, device="cpu")
+    summary = train_run(cfg, tmp_path / "run")
+    assert any("vjt_zero" in w and "partially observable" in w for w in summary.warnings)
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"event": "warning"' in log and "vjt_zero" in log
+    with pytest.raises(ConfigValueError, match="lambda_opt"):
+        load_config("qtran-base", "matrix:qtran", overrides=["algo.lambda_opt=-1"])
+
+
 # ------------------------------------------------------------------ replay / exploration
 
 

@@ -328,7 +328,12 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
         raise ConfigValueError(f"section {section!r}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigValueError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigValueError(f"section {section!r}: {exc}") from None
     return obj
 
 
