@@ -9,6 +9,7 @@ the first time, so later runs install offline. One venv per test session (module
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -98,20 +99,25 @@ def test_cli_works_without_torch(venv: ServeVenv) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(venv: ServeVenv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+def served(venv: ServeVenv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Path, list]]:
+    """Both agents of a matrix-game team served by `marlctl serve` processes of the serve venv."""
     work = tmp_path_factory.mktemp("served")
     model_dir = make_model_dir(work / "model")  # exported with the dev venv (torch), served from the serve venv
-    port = free_port()
-    log = work / "serve.log"
     env = {"PATH": f"{venv.bin}:{os.environ.get('PATH', '')}"}
-    proc = start_process([str(venv.bin / "marlctl"), "serve", str(model_dir), "--agent", "0", "--host", "127.0.0.1",
-                          "--port", str(port), "--device", "cpu"], log, env=env)
-    address = f"127.0.0.1:{port}"
+    procs, logs, addresses = [], [], []
     try:
-        poll("serve-venv agent SERVING", lambda: grpc_serving(address), 90, [proc], [log])
-        yield address, model_dir, proc
+        for agent in (0, 1):
+            port = free_port()
+            logs.append(work / f"serve-{agent}.log")
+            procs.append(start_process([str(venv.bin / "marlctl"), "serve", str(model_dir), "--agent", str(agent),
+                                        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], logs[-1], env=env))
+            addresses.append(f"127.0.0.1:{port}")
+        for address in addresses:
+            poll(f"serve-venv agent {address} SERVING", lambda a=address: grpc_serving(a), 90, procs, logs)
+        yield addresses, model_dir, procs
     finally:
-        stop_process(proc)
+        for proc in procs:
+            stop_process(proc)
 
 
 DECIDE = """
@@ -127,8 +133,9 @@ with grpc.insecure_channel(sys.argv[1]) as ch:
 """
 
 
-def test_serve_from_the_wheel(venv: ServeVenv, served: tuple[str, Path, subprocess.Popen]) -> None:
-    address, model_dir, proc = served
+def test_serve_from_the_wheel(venv: ServeVenv, served: tuple[list[str], Path, list]) -> None:
+    addresses, model_dir, procs = served
+    address = addresses[0]
     health = venv.run("marlctl", "health", address)
     assert health.returncode == 0 and "SERVING" in health.stdout, health.stdout + health.stderr
     decide = venv.run("python", "-c", DECIDE, address)
@@ -139,7 +146,19 @@ def test_serve_from_the_wheel(venv: ServeVenv, served: tuple[str, Path, subproce
     out = model_dir.parent / "k8s"
     render = venv.run("marlctl", "deploy", "render", str(model_dir), "--image", "marlctl-serve:0.1.0", "--out", str(out))
     assert render.returncode == 0 and (out / "grafana" / "dashboard.json").is_file(), render.stderr
-    assert proc.poll() is None
+    assert all(p.poll() is None for p in procs)
+
+
+def test_runner_from_the_wheel(venv: ServeVenv, served: tuple[list[str], Path, list]) -> None:
+    """The rendered runner Job's default image (the serve image) plays the papers' games against the team."""
+    addresses, model_dir, _ = served
+    summary = model_dir.parent / "summary.json"
+    proc = venv.run("marlctl", "run", "--env", "matrix:qtran", "--agents", ",".join(addresses), "--episodes", "3",
+                    "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(summary.read_text())
+    assert result["episodes"] == 3 and result["aborted"] == 0 and result["degraded"] == 0 and not result["fallbacks"]
+    assert sorted(result["latency_ms"]) == ["0", "1"]
 
 
 def test_health_fails_on_a_dead_address(venv: ServeVenv) -> None:
