@@ -21,12 +21,31 @@ def run_agents(
     return scores.view(B, N, -1), hidden.view(B, N, -1)
 
 
+def mappo_init(module: nn.Module, output_layers: list[tuple[nn.Linear, float]]) -> None:
+    """MAPPO's initialisation: orthogonal weights (gain sqrt(2) before ReLUs, 1 in the GRU), zero biases,
+    and a small gain on the policy heads (0.01) so every policy starts near uniform."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain("relu"))
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GRUCell):
+            nn.init.orthogonal_(m.weight_ih)
+            nn.init.orthogonal_(m.weight_hh)
+            nn.init.zeros_(m.bias_ih)
+            nn.init.zeros_(m.bias_hh)
+    for layer, gain in output_layers:
+        nn.init.orthogonal_(layer.weight, gain=gain)
+        nn.init.zeros_(layer.bias)
+
+
 class CentralCritic(nn.Module):
     """MAPPO's centralized critic: ``V_i(s)`` from the global state and agent ``i``'s one-hot id (shared MLP)."""
 
     def __init__(self, state_dim: int, n_agents: int, hidden_dim: int = 64) -> None:
         super().__init__()
         self.n_agents = n_agents
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
         self.net = nn.Sequential(
             nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
@@ -36,6 +55,7 @@ class CentralCritic(nn.Module):
     def forward(self, state_BS: torch.Tensor) -> torch.Tensor:
         """Values ``[B, N]`` (normalized units when the trainer uses value normalization)."""
         B, S = state_BS.shape
+        state_BS = (state_BS - self.state_mean) / self.state_std
         ids_NN = torch.eye(self.n_agents, device=state_BS.device)
         x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
         return self.net(x).squeeze(-1)
@@ -77,6 +97,8 @@ class TADCritic(nn.Module):
                  hidden_dim: int = 64) -> None:
         super().__init__()
         self.n_agents = n_agents
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
         self.base = nn.Sequential(
             nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
         )
@@ -87,6 +109,7 @@ class TADCritic(nn.Module):
 
     def _base(self, state_BS: torch.Tensor) -> torch.Tensor:
         B, S = state_BS.shape
+        state_BS = (state_BS - self.state_mean) / self.state_std
         ids_NN = torch.eye(self.n_agents, device=state_BS.device)
         x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
         return self.base(x)  # [B, N, H]

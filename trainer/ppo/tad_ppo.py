@@ -1,0 +1,195 @@
+"""TAD-PPO (Ye et al.): PPO on the sequentially transformed MDP (TAD-PPO-T), distilled into decentralized actors (TAD-PPO)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from marlctl.agents.recurrent import AgentNet, masked_greedy
+from marlctl.envs.base import EnvSpec
+from marlctl.trainer.config import AlgorithmSpec, env_family
+from marlctl.trainer.errors import ConfigValueError
+from marlctl.trainer.ppo.core import (
+    PPOOptions,
+    RecurrentPPOBase,
+    Rollout,
+    categorical_logp_entropy,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from marlctl.trainer.ppo.gae import deinterleave, gae, interleave_virtual_steps
+from marlctl.trainer.ppo.networks import TADActor, TADCritic, mappo_init, masked_logits, sample_actions
+
+if TYPE_CHECKING:
+    from marlctl.trainer.config import TrainConfig
+
+# Appendix D.3: attention heads N_h and dimension D per map family.
+SUPER_HARD_WIDE = ("MMM2", "corridor", "3h_vs_1b1z3h")  # N_h = 4, D = 8
+SUPER_HARD_NARROW = ("3s5z_vs_3s6z", "6h_vs_8z", "27m_vs_30m")  # N_h = 3, D = 4
+
+
+def paper_attention_dims(env_id: str) -> tuple[int, int]:
+    """``(N_h, D)`` of appendix D.3: SMAC easy/hard 4x4, super hard 4x8 (MMM2, corridor, 3h_vs_1b1z3h) or 3x4
+    (3s5z_vs_3s6z, 6h_vs_8z, 27m_vs_30m), GRF academy 4x6; other tasks (didactic games) 4x4."""
+    family = env_family(env_id)
+    scenario = env_id.split(":", 1)[1].split(",", 1)[0] if ":" in env_id else ""
+    if family == "grf":
+        return 4, 6
+    if family in ("smax", "smac"):
+        if scenario in SUPER_HARD_WIDE:
+            return 4, 8
+        if scenario in SUPER_HARD_NARROW:
+            return 3, 4
+    return 4, 4
+
+
+@dataclass(frozen=True)
+class TADPPOOptions(PPOOptions):
+    """TAD-PPO's options: MAPPO's, plus the attention size and the distillation stage."""
+
+    n_heads: int = 0
+    """Attention heads N_h (0 = the paper's choice for the env, appendix D.3)."""
+    head_dim: int = 0
+    """Dimension D of each head's queries, keys and values (0 = the paper's choice, appendix D.3)."""
+    distill_coef: float = 1.0
+    """Weight of the distillation loss (Eq. 6: cross-entropy of the decentralized actors on the
+    coordination policy's actions, summed over agents)."""
+    distill_shares_encoder: bool = True
+    """The distillation loss also trains the representation layer and GRU shared with the coordination
+    policy (Sec. 5.2: "we share GRU and the representation layer"); False trains only the decentralized head."""
+    transform_lambda: bool = True
+    """Use lambda^(1/n) per virtual step, so ``gae_lambda`` keeps its meaning per env step (the discount is
+    always gamma' = gamma^(1/n), Theorem 5.1)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_heads < 0 or self.head_dim < 0 or self.distill_coef < 0:
+            raise ConfigValueError(
+                f"[algo] n_heads={self.n_heads}, head_dim={self.head_dim}, distill_coef={self.distill_coef}: "
+                "valid: n_heads/head_dim >= 1 (or 0 = the paper's value for the env), distill_coef >= 0"
+            )
+
+
+class TADPPO(RecurrentPPOBase):
+    """Transformation stage: the N agents decide one after another in a fixed virtual order within each
+    env step, agent ``i`` seeing ``a_<i`` (batched over envs, a loop over agents only); every decision is
+    one step of the transformed MDP Gamma(M) (Algorithm 1) with discount gamma^(1/n) and the env reward on
+    the last one, and PPO learns on it. Distillation stage (Eq. 6), run alongside: the decentralized
+    actors ``pi_E(a_i | tau_i)`` minimise the cross-entropy to the coordination policy's actions on the
+    states it visits."""
+
+    name = "tad-ppo"
+    _first_value_only = True
+
+    def _build(self, spec: EnvSpec) -> None:
+        paper_heads, paper_dim = paper_attention_dims(spec.env_id)
+        self.n_heads = self.opts.n_heads or paper_heads
+        self.head_dim = self.opts.head_dim or paper_dim
+        self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim)
+        self.critic = TADCritic(spec.state_dim, spec.n_agents, spec.n_actions, self.n_heads, self.head_dim,
+                                self.opts.critic_hidden_dim)
+
+    def _decentralized(self) -> AgentNet:
+        return self.actor.decentralized
+
+    def _init_weights(self) -> None:
+        mappo_init(self.actor, [(self.actor.decentralized.head, 0.01), (self.actor.coord_head[-1], 0.01)])
+        mappo_init(self.critic, [(self.critic.head[-1], 1.0)])
+
+    def _act(self, obs_BNO, state_BS, avail_BNA, prev_BN, hidden_BNH, mode):
+        logits_e_BNA, h_BNH = self.actor.encode(obs_BNO, prev_BN, hidden_BNH)  # one GRU call for all agents
+        if mode == "greedy":  # TAD-PPO: decentralized execution
+            actions_BN = masked_greedy(logits_e_BNA, avail_BNA)
+            return actions_BN, torch.zeros_like(actions_BN, dtype=torch.float32), h_BNH.new_zeros(actions_BN.shape), h_BNH
+        B = obs_BNO.shape[0]
+        actions_BN = torch.zeros(B, self.N, dtype=torch.int64, device=obs_BNO.device)
+        logp_BN = torch.zeros(B, self.N, device=obs_BNO.device)
+        for i in range(self.N):  # the virtual order: agent i sees a_<i
+            logits_BA = masked_logits(self.actor.coord_logits_agent(h_BNH[:, i], actions_BN[:, :i]), avail_BNA[:, i])
+            if mode == "sample":
+                a_B = sample_actions(logits_BA, self.generator)
+            else:  # "joint": greedy TAD-PPO-T
+                a_B = logits_BA.argmax(-1)
+            actions_BN[:, i] = a_B
+            logp_BN[:, i] = torch.log_softmax(logits_BA, -1).gather(-1, a_B[:, None]).squeeze(-1)
+        values_BN = self.critic(state_BS, actions_BN) if mode == "sample" else logp_BN.new_zeros(B, self.N)
+        return actions_BN, logp_BN, values_BN, h_BNH
+
+    def _bootstrap_values(self, state_BS: torch.Tensor) -> torch.Tensor:
+        return self.critic.first_value(state_BS)[:, None].expand(-1, self.N)
+
+    def _update(self, ro: Rollout) -> dict[str, float]:
+        opts, (T, B, N) = self.opts, ro.actions.shape
+        gamma_v = opts.gamma ** (1.0 / N)  # Theorem 5.1: gamma' = gamma^(1/n)
+        lam_v = opts.gae_lambda ** (1.0 / N) if opts.transform_lambda else opts.gae_lambda
+        with torch.no_grad():
+            flat = interleave_virtual_steps(ro.rewards, ro.values, ro.next_values[:, :, 0], ro.terminated, ro.ended)
+            adv_v, ret_v = gae(*flat, gamma=gamma_v, lam=lam_v)  # [T*N, B]
+            adv_TBN, ret_TBN = deinterleave(adv_v, N), deinterleave(ret_v, N)
+            valid_TBN = ro.valid[:, :, None].expand(T, B, N)
+            if opts.value_norm:
+                self.value_norm.update(ret_TBN[valid_TBN])
+            target_TBN = self.value_norm.normalize(ret_TBN) if opts.value_norm else ret_TBN
+            if opts.advantage_norm:
+                a = adv_TBN[valid_TBN]
+                adv_TBN = (adv_TBN - a.mean()) / (a.std(unbiased=False) + 1e-8)
+        sums = {"loss/policy": 0.0, "loss/value": 0.0, "loss/entropy": 0.0, "loss/distill": 0.0,
+                "train/approx_kl": 0.0, "train/clip_frac": 0.0, "train/grad_norm_actor": 0.0,
+                "train/grad_norm_critic": 0.0}
+        n = 0
+        for _ in range(opts.epochs):
+            for idx in self._minibatches():
+                mb = ro.envs(idx)
+                t_, b_ = mb.valid.shape
+                mask = mb.valid[:, :, None]
+                logits_e, h = self._actor_sequence(self.actor.decentralized, mb)  # [T, b, N, A], [T, b, N, H]
+                H = h.shape[-1]
+                coord = self.actor.coord_logits(h.reshape(t_ * b_, N, H), mb.actions.reshape(t_ * b_, N))
+                logp, entropy = categorical_logp_entropy(coord.view(t_, b_, N, -1), mb.avail, mb.actions)
+                # Policy loss: PPO on the transformed MDP, one sample per virtual step (t, i).
+                pg_loss, kl, clip_frac = ppo_policy_loss(logp, mb.logp, adv_TBN[:, idx], opts.clip, mask)
+                ent = masked_mean(entropy, mask)
+                # Distillation loss (Eq. 6): -sum_i log pi_E(a_i | tau_i), a ~ pi_jt on the visited states.
+                if not opts.distill_shares_encoder:
+                    logits_e = self.actor.decentralized.head(h.detach())
+                logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, mb.actions)
+                distill = masked_mean(-logp_e.sum(-1), mb.valid)
+                # Value loss: V(s, a_<i) of every virtual step.
+                S = mb.state.shape[-1]
+                v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N)).view(t_, b_, N)
+                v_loss = ppo_value_loss(v_new, mb.values_norm, target_TBN[:, idx], opts, mask)
+                loss = (pg_loss - opts.entropy_coef * ent + opts.distill_coef * distill
+                        + opts.value_loss_coef * v_loss)
+                gn_a, gn_c = self._step_optimizers(loss)
+                for k, v in (("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/entropy", ent),
+                             ("loss/distill", distill), ("train/approx_kl", kl), ("train/clip_frac", clip_frac),
+                             ("train/grad_norm_actor", gn_a), ("train/grad_norm_critic", gn_c)):
+                    sums[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                n += 1
+        return {k: v / n for k, v in sums.items()}
+
+    def evaluate(self, n_episodes: int) -> dict[str, float]:
+        """TAD-PPO (distilled, decentralized: ``eval/return``, ``eval/win_rate``), TAD-PPO-T (the joint
+        coordination policy, sequential and greedy: ``eval/joint_*``) and the gap joint - decentralized."""
+        self.actor.eval()
+        dec = self._run_eval(n_episodes, "greedy")
+        joint = self._run_eval(n_episodes, "joint")
+        out = {f"eval/{k}": v for k, v in dec.items()}
+        out.update({f"eval/joint_{k}": v for k, v in joint.items()})
+        out["eval/gap_return"] = joint["return"] - dec["return"]
+        out["eval/gap_win_rate"] = joint["win_rate"] - dec["win_rate"]
+        return out
+
+
+def build_tad_ppo(cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> TADPPO:
+    return TADPPO(cfg, spec, device)
+
+
+TAD_PPO_SPEC = AlgorithmSpec(
+    name="tad-ppo",
+    summary="TAD-PPO: PPO on the sequentially transformed MDP, distilled into decentralized actors",
+    config_cls=TADPPOOptions,
+    build=build_tad_ppo,
+    kind="policy",
+)
