@@ -234,12 +234,19 @@ class TrainConfig:
     """The fully resolved configuration of one training run (what ``config.json`` holds)."""
 
     run: RunConfig = field(default_factory=RunConfig)
+    """Budget, seed, device, logging/eval/checkpoint cadence."""
     env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment id and batched rollout."""
     agent: AgentConfig = field(default_factory=AgentConfig)
+    """Per-agent network architecture."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """Episode replay (value methods)."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    """Epsilon-greedy schedule (value methods)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and gradient clipping."""
     learner: ValueLearnerConfig = field(default_factory=ValueLearnerConfig)
+    """Targets, mixer sizes and update cadence (value methods)."""
     algo: Any = field(default_factory=NoOptions)
     """The algorithm's own options (an instance of its ``AlgorithmSpec.config_cls``)."""
 
