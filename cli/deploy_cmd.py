@@ -66,6 +66,8 @@ def render_cmd(
     console.print(
         f"namespace {cfg.namespace}, image {cfg.image}{' (GPU)' if cfg.gpu else ''}, model via {cfg.model_source}, "
         f"manifest sha256 {result.model.manifest_sha256}, {len(result.files)} files", soft_wrap=True)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
     for line in (
         f"kubectl apply -k {result.out_dir}              # agents, services, PDBs, HPAs, runner Job, dashboard",
         f"kubectl apply -k {result.out_dir}/monitoring   # PodMonitor + PrometheusRule (Prometheus Operator)",

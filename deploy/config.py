@@ -195,3 +195,22 @@ def check_config(cfg: RenderConfig, model: ModelInfo) -> str:
             f"({cfg.prestop_sleep_seconds}s) plus {DRAIN_EXIT_MARGIN_S}s so live episodes get time to drain"
         )
     return team
+
+
+HEAVY_ENV_FAMILIES = {"smax": "JAX + jaxmarl", "grf": "the football engine", "smac": "StarCraft II + SMAC"}
+"""Env families the serving image cannot run (the runner Job needs the train image for them)."""
+
+
+def render_notes(cfg: RenderConfig, model: ModelInfo) -> list[str]:
+    """Warnings about a render that is valid but probably not what the user wants."""
+    notes = []
+    env_id = cfg.runner_env or str(model.manifest["env_id"])
+    family = env_id.split(":", 1)[0]
+    if family in HEAVY_ENV_FAMILIES and cfg.runner_image is None:
+        notes.append(
+            f"the runner Job plays {env_id}, which needs {HEAVY_ENV_FAMILIES[family]}: the serving image {cfg.image} "
+            "does not carry it; pass --runner-image with the train image (deploy/docker/Dockerfile.train)"
+        )
+    if not cfg.gpu and any(w in ("cuda", "gpu") for w in _tag_words(parse_image(cfg.image)[1])):
+        notes.append(f"image {cfg.image} looks like a CUDA build but --gpu is off: the pods get no GPU and run on CPU")
+    return notes

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from marlctl.agents.onnx_io import MANIFEST_NAME
-from marlctl.deploy.config import RenderConfig, check_config
+from marlctl.deploy.config import RenderConfig, check_config, render_notes
 from marlctl.deploy.errors import RenderInputError
 from marlctl.deploy.model_check import ModelInfo, load_model_dir
 from marlctl.deploy.monitoring import (
@@ -62,6 +62,8 @@ class RenderResult:
     """Paths written, relative to ``out_dir``."""
     model: ModelInfo
     """The checked model."""
+    notes: list[str]
+    """Warnings about a valid render (e.g. a runner image that cannot run the env)."""
 
 
 def _yaml(docs: list[dict[str, Any]], header: str) -> bytes:
@@ -171,4 +173,4 @@ def render(model_dir: str | Path, out_dir: str | Path, cfg: RenderConfig, force:
     files = render_files(model, cfg, team)
     out = Path(out_dir)
     write_tree(files, out, force)
-    return RenderResult(out_dir=out, team=team, files=sorted(files), model=model)
+    return RenderResult(out_dir=out, team=team, files=sorted(files), model=model, notes=render_notes(cfg, model))

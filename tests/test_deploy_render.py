@@ -355,3 +355,15 @@ def test_every_option_named_in_errors_exists() -> None:
     offered = set(re.findall(r"--[a-z][a-z0-9-]+", proc.stdout))
     assert named <= offered, f"errors name options the CLI lacks: {named - offered}"
     assert len(named) >= 15
+
+
+def test_notes_for_a_runner_image_without_the_env(model_dir: Path, tmp_path: Path) -> None:
+    smax = _write_manifest(model_dir, tmp_path, lambda m: m.update(env_id="smax:3m"))
+    result = render(smax, tmp_path / "a", RenderConfig(image=IMAGE))
+    assert len(result.notes) == 1 and "--runner-image" in result.notes[0] and "smax:3m" in result.notes[0]
+    result = render(smax, tmp_path / "b", RenderConfig(image=IMAGE, runner_image="ghcr.io/acme/marlctl-train:0.1.0"))
+    assert result.notes == []
+    result = render(model_dir, tmp_path / "c", RenderConfig(image="ghcr.io/acme/marlctl-serve:0.1.0-cuda"))
+    assert len(result.notes) == 1 and "--gpu is off" in result.notes[0]
+    job = yaml.safe_load((tmp_path / "b" / "runner-job.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]
+    assert job["image"] == "ghcr.io/acme/marlctl-train:0.1.0" and job["args"][job["args"].index("--env") + 1] == "smax:3m"
