@@ -79,3 +79,20 @@ def test_remix_finds_the_matrix_optimum(tmp_path: Path) -> None:
     assert tables.greedy == (0, 0), tables.q_i
     assert summary.last_eval["eval/return"] == pytest.approx(8.0)
     assert 0.1 <= summary.last_train["train/w_mean"] <= 1.0
+
+
+def test_qtran_feed_forward_unroll_equals_step_by_step() -> None:
+    """The one-call path for feed-forward agents gives what a step-by-step unroll gives."""
+    algo = build("qtran-base", ("agent.recurrent=false",))
+    algo.train_iteration()
+    batch = algo.buffer.sample(4, np.random.default_rng(2))
+    learner = algo.learner
+    q_fast, h_fast = learner.unroll_features(batch)
+    B, T1, N, _ = batch.obs.shape
+    ids = torch.arange(N).repeat(B)
+    for t in (0, 3, T1 - 1):
+        q_t, h_t = learner.agent(batch.obs[:, t].reshape(B * N, -1), batch.prev_actions[:, t].reshape(-1), ids,
+                                 learner.agent.initial_hidden(B * N))
+        torch.testing.assert_close(q_fast[:, t], q_t.view(B, N, -1))
+        torch.testing.assert_close(h_fast[:, t], h_t.view(B, N, -1))
+    torch.testing.assert_close(q_fast, learner.agent_q(batch))  # the base's step-by-step unroll

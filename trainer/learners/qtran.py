@@ -71,8 +71,13 @@ class QtranLearner(ValueLearner):
         """Q_i ``[B, T+1, N, A]`` and the agents' hidden features h_i ``[B, T+1, N, H]`` (shared lower layers)."""
         net = self.targets["agent"] if target else self.agent
         B, T1, N, _ = batch.obs.shape
-        ids_R = torch.arange(N, device=self.device).repeat(B)  # [B*N]
         prev_BTN = batch.prev_actions
+        if not net.config.recurrent:  # feed-forward agent: every step in one call (no state to carry)
+            R = B * T1 * N
+            ids_R = torch.arange(N, device=self.device).repeat(B * T1)
+            q_RA, h_RH = net(batch.obs.reshape(R, -1), prev_BTN.reshape(-1), ids_R, net.initial_hidden(R, self.device))
+            return q_RA.view(B, T1, N, -1), h_RH.view(B, T1, N, -1)
+        ids_R = torch.arange(N, device=self.device).repeat(B)  # [B*N]
         hidden_RH = net.initial_hidden(B * N, self.device)
         qs, hs = [], []
         for t in range(T1):
