@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from marlctl.envs.base import EnvSpec, TimeStep
+from marlctl.envs.errors import EnvError
 from marlctl.serving.errors import AgentServiceError, ServingError
 from marlctl.serving.records import EpisodeRecord, Fallback, Outcome, save_record
 from marlctl.serving.stats import EpisodeSummary, summarize
@@ -191,7 +192,8 @@ class _AgentLink:
         request = agent_pb2.Observation(obs=obs_O.tolist(), avail_actions=avail_A.tolist(), episode_id=self.label)
         t0 = time.perf_counter()
         try:
-            reply = await asyncio.wait_for(self._exchange(request), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no extra task per decision, unlike wait_for
+                reply = await self._exchange(request)
         except TimeoutError:
             return self._failed("timeout")
         except grpc.aio.AioRpcError as exc:
@@ -400,7 +402,11 @@ class EpisodeRunner:
                 if cfg.record_obs:
                     obs_rows.append(obs_NO)
                     avail_rows.append(avail_NA)
-                ts = await loop.run_in_executor(pool, env.step, joint_N)
+                try:
+                    ts = await loop.run_in_executor(pool, env.step, joint_N)
+                except EnvError as exc:  # e.g. an action the env refuses: this episode ends, the others go on
+                    error = f"the environment refused step {t} (joint action {joint_N.tolist()}): {exc}"
+                    raise _Abort(error) from None
                 actions.append(joint_N)
                 rewards.append(float(ts.reward))
                 latencies.append(lat_N)
