@@ -24,9 +24,9 @@ def train(
                                        "latest checkpoint."),
 ) -> None:
     """Train an algorithm on an environment (or resume a run), with logs, evaluation and checkpoints."""
-    from marlctl.trainer.config import ALGORITHMS, load_config
+    # Cheap checks first (no PyTorch import), so bad input fails fast.
+    from marlctl.trainer.config import ALGORITHMS, check_algorithm_name, load_config
     from marlctl.trainer.errors import ConfigValueError
-    from marlctl.trainer.run import resume_run, train_run
 
     if resume is not None:
         extra = [name for name, value in (("--algo", algo), ("--env", env), ("--seed", seed), ("--device", device),
@@ -34,6 +34,8 @@ def train(
         if extra or set_:
             raise ConfigValueError(f"--resume continues a run with its own config.json; do not combine it with "
                                    f"{', '.join(extra + (['--set'] if set_ else []))} (only --steps may change)")
+        from marlctl.trainer.run import resume_run
+
         resume_run(resume, steps=steps, console=console)
         return
     missing = [name for name, value in (("--algo", algo), ("--env", env), ("--out", out)) if value is None]
@@ -41,7 +43,13 @@ def train(
         raise ConfigValueError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR); valid algorithms: "
                                f"{', '.join(sorted(ALGORITHMS))}")
     assert algo is not None and env is not None and out is not None
+    from marlctl.envs import parse_env_id
+
+    check_algorithm_name(algo)
+    parse_env_id(env)
     cfg = load_config(algo, env, config_file=config, overrides=set_, steps=steps, seed=seed, device=device)
+    from marlctl.trainer.run import train_run
+
     train_run(cfg, out, console=console)
 
 

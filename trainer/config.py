@@ -78,10 +78,15 @@ class AlgorithmSpec:
     """Value-factorization method (replay, epsilon-greedy) or policy-gradient method."""
 
 
-def algorithm_spec(name: str) -> AlgorithmSpec:
-    """The ``AlgorithmSpec`` registered under ``name`` (imports its module)."""
+def check_algorithm_name(name: str) -> None:
+    """Raise ``UnknownAlgorithmError`` naming the valid algorithms unless ``name`` is registered (imports nothing)."""
     if name not in ALGORITHMS:
         raise UnknownAlgorithmError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+
+
+def algorithm_spec(name: str) -> AlgorithmSpec:
+    """The ``AlgorithmSpec`` registered under ``name`` (imports its module)."""
+    check_algorithm_name(name)
     module_name, attr = ALGORITHMS[name].split(":")
     spec = getattr(importlib.import_module(module_name), attr)
     if not isinstance(spec, AlgorithmSpec):
