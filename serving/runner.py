@@ -167,7 +167,6 @@ class _AgentLink:
         self.timeout_s = timeout_s
         self.label = label
         self.call: Any = None
-        self.streams_opened = 0
         self.failed_before = False
 
     async def _exchange(self, request: Any) -> Any:
@@ -187,7 +186,6 @@ class _AgentLink:
         reconnected = False
         if self.call is None:
             self.call = self.stub.Episode(wait_for_ready=False)
-            self.streams_opened += 1
             reconnected = self.failed_before
         request = agent_pb2.Observation(obs=obs_O.tolist(), avail_actions=avail_A.tolist(), episode_id=self.label)
         t0 = time.perf_counter()
@@ -222,9 +220,9 @@ class _AgentLink:
         if call is None:
             return
         try:
-            await asyncio.wait_for(call.done_writing(), self.timeout_s)
-            await asyncio.wait_for(call.wait_for_connection(), self.timeout_s)
-            await asyncio.wait_for(call.code(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await call.done_writing()
+                await call.code()  # the server's end of the stream
         except Exception:  # noqa: BLE001 - the episode is over; a failing close only loses server-side cleanup
             call.cancel()
 
