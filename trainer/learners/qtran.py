@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from marlctl.envs.base import EnvSpec
+from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.learners.base import ValueLearner
 from marlctl.trainer.mixers.qtran_joint import QtranJointAlt, QtranJointBase
 from marlctl.trainer.replay import EpisodeBatch
@@ -43,9 +44,9 @@ class QtranConfig:
 
     def validate(self) -> None:
         if self.lambda_opt < 0 or self.lambda_nopt < 0:
-            raise ValueError(f"algo.lambda_opt={self.lambda_opt} and algo.lambda_nopt={self.lambda_nopt} must be >= 0")
+            raise ConfigValueError(f"algo.lambda_opt={self.lambda_opt} and algo.lambda_nopt={self.lambda_nopt} must be >= 0")
         if self.joint_embed_dim < 1:
-            raise ValueError(f"algo.joint_embed_dim={self.joint_embed_dim} must be >= 1")
+            raise ConfigValueError(f"algo.joint_embed_dim={self.joint_embed_dim} must be >= 1")
 
     def env_warnings(self, spec: EnvSpec) -> list[str]:
         if self.vjt_zero and not spec.fully_observable:
