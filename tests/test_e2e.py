@@ -169,3 +169,29 @@ def test_smax_3m_export_serve_run_replay(tmp_path):
     for rec in records:
         assert not rec.outcome.won or rec.outcome.terminated  # a win ends the episode
         assert rec.actions_TN.shape[1] == 3 and np.isfinite(rec.outcome.score)
+
+
+def _family_installed(name: str) -> tuple[bool, str]:
+    from marlctl.envs import list_families
+
+    for family, installed, note in list_families():
+        if family.name == name:
+            return installed, note
+    return False, f"no env family {name!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.grf
+def test_grf_academy_export_serve_run_replay(tmp_path):
+    installed, note = _family_installed("grf")
+    if not installed:
+        pytest.skip(f"Google Research Football not available: {note}")
+    env_id = "grf:academy_3_vs_1_with_keeper"
+    model = export_random_team(env_id, tmp_path / "model")
+    # Two episodes at once: two football engines in this process, each on its own slot thread.
+    records = _run_and_replay_in_process(model, env_id, 3, tmp_path, episodes=2, concurrency=2)
+    from marlctl.envs import env_spec
+
+    _assert_sane(records, limit=env_spec(env_id).episode_limit)
+    for rec in records:
+        assert rec.outcome.won == (rec.outcome.episode_return > 0)  # scoring reward: +1 exactly when we score
