@@ -33,6 +33,8 @@ def serve(
     max_message_bytes: int = typer.Option(4 * 1024 * 1024, help="Largest gRPC message accepted or sent."),
     grace: float = typer.Option(30.0, help="On SIGTERM, seconds live episodes may go on before they are ended."),
     batching: str = typer.Option("auto", help="Micro-batching of concurrent episodes: auto, loop, thread or off."),
+    max_batch: int = typer.Option(256, help="Most decisions in one ONNX Runtime call."),
+    batch_window_us: int = typer.Option(0, help="Extra microseconds a batch waits for more requests (0: none)."),
     device: str = typer.Option("auto", help="auto (CUDA when it loads, else CPU), cpu or cuda."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
@@ -48,7 +50,8 @@ def serve(
     config = ServerConfig(
         model_dir=model_dir, agent_index=agent, host=host, port=port, metrics_port=metrics_port,
         max_episodes=max_episodes, idle_timeout_s=idle_timeout, max_message_bytes=max_message_bytes,
-        tls_cert=tls_cert, tls_key=tls_key, grace_s=grace, batching=batching, model=ModelConfig(device=device))
+        tls_cert=tls_cert, tls_key=tls_key, grace_s=grace, batching=batching, max_batch=max_batch,
+        batch_window_us=batch_window_us, model=ModelConfig(device=device))
 
     def ready(server) -> None:  # noqa: ANN001 - AgentServer, imported lazily
         metrics = f", metrics :{server.metrics_port}/metrics" if server.metrics_port is not None else ""

@@ -102,8 +102,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_MODES:
             raise AgentServiceError(f"batching {self.batching!r} not valid: choose {', '.join(BATCHING_MODES)}")
-        if self.max_episodes < 1 or self.max_batch < 1:
-            raise AgentServiceError("max_episodes and max_batch must be >= 1")
+        if self.max_episodes < 1 or self.max_batch < 1 or self.batch_window_us < 0:
+            raise AgentServiceError("max_episodes and max_batch must be >= 1, batch_window_us >= 0")
         if self.idle_timeout_s <= 0 or self.grace_s < 0:
             raise AgentServiceError("idle_timeout_s must be > 0 and grace_s >= 0")
         if self.max_message_bytes < 1024:

@@ -47,6 +47,8 @@ def test_export_and_serve_refuse_bad_input_with_exit_2(model_dir, tmp_path):
     (tampered / "agent_0.onnx").write_bytes(bytes(data))
     r = marlctl("serve", str(tampered), "--agent", "0", "--port", "0")
     assert r.returncode == 2 and "does not match the manifest" in r.stderr
+    r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--max-batch", "0")
+    assert r.returncode == 2 and "max_batch must be >= 1" in r.stderr
     r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--batching", "sometimes")
     assert r.returncode == 2 and "auto, loop, thread, off" in r.stderr
 
