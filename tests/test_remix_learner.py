@@ -96,3 +96,17 @@ def test_qtran_feed_forward_unroll_equals_step_by_step() -> None:
         torch.testing.assert_close(q_fast[:, t], q_t.view(B, N, -1))
         torch.testing.assert_close(h_fast[:, t], h_t.view(B, N, -1))
     torch.testing.assert_close(q_fast, learner.agent_q(batch))  # the base's step-by-step unroll
+
+
+def test_remix_options_reach_the_weights_and_bad_values_are_refused() -> None:
+    from marlctl.trainer.errors import ConfigValueError
+
+    cfg = load_config("remix", PP, overrides=["algo.bellman_error=false", "algo.on_policy=false", "algo.w_min=0.5",
+                                              "algo.normalization=max"])
+    w = cfg.algo.weight_config()
+    assert (w.bellman_error, w.underestimation, w.mixer_gradient, w.on_policy) == (False, True, True, False)
+    assert (w.w_min, w.normalization) == (0.5, "max")
+    with pytest.raises(ConfigValueError, match="w_min"):
+        load_config("remix", PP, overrides=["algo.w_min=0"])
+    with pytest.raises(ConfigValueError, match="mean"):
+        load_config("remix", PP, overrides=["algo.normalization=median"])
