@@ -152,8 +152,9 @@ def replay(
     loaded = [load_record(p) for p in paths]  # refuse a corrupt file before replaying anything
     teams: dict[str, Any] = {}
     gifs = gif_paths(render, len(paths)) if render is not None else []
-    table = Table(title="marlctl replay")
-    for col in ("record", "env", "seed", "steps", "return (rec/replay)", "re-simulation", "agreement"):
+    envs = sorted({rec.env_id for rec in loaded})
+    table = Table(title=f"marlctl replay: {len(paths)} record(s) of {', '.join(envs)}", title_justify="left")
+    for col in ("episode", "seed", "steps rec/sim", "return rec/sim", "re-simulation", "re-decided agree"):
         table.add_column(col)
     results = []
     for k, (path, rec) in enumerate(zip(paths, loaded, strict=True)):
@@ -166,14 +167,18 @@ def replay(
         if render is not None:
             write_gif(frames, gifs[k], fps=fps)
         results.append(result)
-        agree = "-" if result.agreement is None else (
-            f"{result.agreements}/{result.decisions} ({result.agreement:.1%})"
-            + ("" if result.first_disagreement is None else f", first diff step {result.first_disagreement[0]} "
-               f"agent {result.first_disagreement[1]}"))
-        verdict = "[green]match[/]" if result.match else "[red]MISMATCH[/]: " + "; ".join(result.problems)
-        table.add_row(path.name, rec.env_id, str(rec.seed), f"{result.recorded_length}/{result.replayed_length}",
-                      f"{result.recorded_return:.3f}/{result.replayed_return:.3f}", verdict, agree)
+        agree = "-" if result.agreement is None else f"{result.agreements}/{result.decisions}"
+        table.add_row(str(rec.episode_index), str(rec.seed), f"{result.recorded_length}/{result.replayed_length}",
+                      f"{result.recorded_return:.3f}/{result.replayed_return:.3f}",
+                      "[green]match[/]" if result.match else "[red]MISMATCH[/]",
+                      agree if result.agreement in (None, 1.0) else f"[red]{agree}[/]")
     console.print(table)
+    for path, r in zip(paths, results, strict=True):
+        for problem in r.problems:
+            err_console.print(f"[red]{path}:[/] {problem}")
+        if r.first_disagreement is not None:
+            step, agent = r.first_disagreement
+            err_console.print(f"[yellow]{path}:[/] first re-decided action that differs: step {step}, agent {agent}")
     for g in gifs:
         console.print(f"rendered {g}")
     _write_json(summary_json, {"records": [dict(vars(r), match=r.match, agreement=r.agreement) for r in results]})

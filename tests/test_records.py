@@ -135,3 +135,58 @@ def test_summary_and_percentiles():
     assert s.win_rate == pytest.approx(2 / 3) and s.mean_return == pytest.approx(16 / 3)
     assert s.latency_ms[0] == (2.0, pytest.approx(2.98)) and math.isnan(s.latency_ms[1][0])
     assert s.to_dict()["fallbacks"] == [{"agent": 1, "reason": "timeout", "count": 2}]
+
+
+def _played(env_id: str, seed: int) -> EpisodeRecord:
+    """An episode of ``env_id`` played with seeded random available actions, as a record."""
+    from marlctl.envs import make_env
+
+    env = make_env(env_id)
+    rng = np.random.default_rng(seed)
+    ts = env.reset(seed)
+    actions, rewards = [], []
+    while not ts.done:
+        joint = np.array([rng.choice(np.flatnonzero(a)) for a in ts.avail])
+        ts = env.step(joint)
+        actions.append(joint)
+        rewards.append(ts.reward)
+    env.close()
+    n = env.spec.n_agents
+    return EpisodeRecord(
+        env_id=env_id, env_spec=env.spec.to_dict(), seed=seed, episode_index=0,
+        actions_TN=np.array(actions), rewards_T=np.array(rewards, dtype=np.float64),
+        outcome=Outcome(episode_return=float(np.sum(rewards)), won=bool(ts.info["won"]), score=float(ts.info["score"]),
+                        length=len(actions), terminated=ts.terminated, truncated=ts.truncated, degraded=False),
+        latency_ms_TN=np.zeros((len(actions), n)),
+    )
+
+
+def test_replay_matches_a_true_record_and_catches_doctored_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from marlctl.serving.replay import replay_record
+
+    env_id = "predator_prey:agents=2,prey=1,grid=4,limit=30,punishment=0.5"
+    rec = _played(env_id, seed=4)
+    assert rec.outcome.length >= 3
+    result, frames = replay_record(rec, render=True)
+    assert result.match and result.replayed_return == rec.outcome.episode_return and len(frames) == rec.outcome.length + 1
+    doctored_reward = _played(env_id, seed=4)
+    doctored_reward.rewards_T[1] += 1.0
+    doctored_reward.outcome.episode_return += 1.0
+    assert any(p.startswith("step 1: reward") for p in replay_record(doctored_reward)[0].problems)
+    cut = _played(env_id, seed=4)
+    cut.actions_TN, cut.rewards_T, cut.latency_ms_TN = cut.actions_TN[:-1], cut.rewards_T[:-1], cut.latency_ms_TN[:-1]
+    cut.outcome.length -= 1
+    cut.outcome.episode_return = float(cut.rewards_T.sum())
+    assert "the env goes on" in " ".join(replay_record(cut)[0].problems)
+    other_seed = _played(env_id, seed=4)
+    other_seed.seed = 5  # same actions from another start: positions, rewards or the end differ
+    assert not replay_record(other_seed)[0].match
+    # The CLI: exit 0 for the true record, 1 (and the reason) for a doctored one.
+    good, bad = save_record(rec, tmp_path / "good"), save_record(doctored_reward, tmp_path / "bad")
+    cli = [sys.executable, "-m", "marlctl.cli.app", "replay"]
+    assert subprocess.run([*cli, str(good)], capture_output=True, timeout=120).returncode == 0
+    out = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "step 1: reward" in " ".join(out.stderr.split())
