@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,8 @@ class EpisodeSummary:
     """Wall-clock time of the whole evaluation."""
 
     def to_dict(self) -> dict:
-        return {
+        """JSON-ready (strict JSON: NaN, e.g. the win rate of zero episodes, becomes None)."""
+        return _no_nan({
             "episodes": self.episodes,
             "aborted": self.aborted,
             "degraded": self.degraded,
@@ -140,7 +142,17 @@ class EpisodeSummary:
             "latency_ms": {str(k): {"p50": v[0], "p99": v[1]} for k, v in sorted(self.latency_ms.items())},
             "fallbacks": [{"agent": a, "reason": r, "count": c} for (a, r), c in sorted(self.fallbacks.items())],
             "wall_seconds": self.wall_seconds,
-        }
+        })
+
+
+def _no_nan(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_no_nan(v) for v in x]
+    return x
 
 
 def summarize(

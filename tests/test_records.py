@@ -135,6 +135,9 @@ def test_summary_and_percentiles():
     assert s.win_rate == pytest.approx(2 / 3) and s.mean_return == pytest.approx(16 / 3)
     assert s.latency_ms[0] == (2.0, pytest.approx(2.98)) and math.isnan(s.latency_ms[1][0])
     assert s.to_dict()["fallbacks"] == [{"agent": 1, "reason": "timeout", "count": 2}]
+    empty = summarize([], [], [], aborted=2).to_dict()
+    assert empty["win_rate"] is None and empty["return_ci"] == [None, None] and empty["aborted"] == 2
+    json.dumps(empty, allow_nan=False)
 
 
 def _played(env_id: str, seed: int) -> EpisodeRecord:

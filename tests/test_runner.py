@@ -2,8 +2,11 @@
 policies (agent killed mid-episode, deadlines), reconnect, spec checks, and the run/replay CLI."""
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
+import urllib.request
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from marlctl.serving.errors import AgentServiceError, ServingError
 from marlctl.serving.evaluate import EvalConfig, evaluate
 from marlctl.serving.records import RecordError, load_record
 from marlctl.serving.replay import replay_record
-from marlctl.serving.runner import EpisodeRunner, RunConfig
+from marlctl.serving.runner import EpisodeRunner, RunConfig, outcome_result
 from serving_procs import MARLCTL, export_random_team, free_port, start_agent, wait_until
 
 # Two predators, one prey on a 5x5 board: 2 agents, episodes of up to LIMIT steps, cheap NumPy stepping.
@@ -39,7 +42,21 @@ def test_run_matches_in_process_eval_and_replays(team, tmp_path):
     model, agents, _ = team
     config = RunConfig(env_id=ENV, agents=tuple(a.address for a in agents), episodes=4, concurrency=2, seed=11,
                        record_dir=tmp_path / "run", record_obs=True, timeout_ms=5000)
-    result = EpisodeRunner(config).run()
+    scraped: list[str] = []
+
+    def scrape(_record) -> None:  # the runner's own /metrics endpoint, read while the run is live
+        port = runner.metrics.http.server_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            scraped.append(resp.read().decode())
+
+    runner = EpisodeRunner(config, metrics_port=0, on_episode=scrape)
+    result = runner.run()
+    assert len(scraped) == 4
+    has_won = EpisodeRunner(config).spec.has_won
+    counts = Counter(outcome_result(r.outcome, has_won) for r in result.records)
+    for label, count in counts.items():
+        assert f'marl_runner_episodes_total{{env="{ENV}",result="{label}"}} {count:.1f}' in scraped[-1], scraped[-1]
+    assert "marl_runner_step_seconds_bucket" in scraped[-1] and "marl_runner_episode_return_count" in scraped[-1]
     assert [r.episode_index for r in result.records] == [0, 1, 2, 3]
     assert result.summary.episodes == 4 and result.summary.aborted == 0 and not result.summary.fallbacks
     assert [s["agent_index"] for s in result.agent_specs] == [0, 1]
@@ -153,11 +170,23 @@ def test_spec_mismatch_and_bad_input_are_refused(team):
 def test_run_and_replay_cli(team, tmp_path):
     model, agents, _ = team
     recs = tmp_path / "recs"
-    out = subprocess.run([*MARLCTL, "run", "--env", ENV, "--agents", ",".join(a.address for a in agents),
-                          "--episodes", "2", "--concurrency", "2", "--record", str(recs), "--seed", "5"],
+    addresses = ",".join(a.address for a in agents)
+    out = subprocess.run([*MARLCTL, "run", "--env", ENV, "--agents", addresses, "--episodes", "2", "--concurrency",
+                          "2", "--record", str(recs), "--seed", "5", "--summary-json", str(tmp_path / "run.json")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     assert "mean return" in out.stdout and "Wilson" in out.stdout
+    # `marlctl eval`: the same episodes with in-process ONNX Runtime reach the same summary.
+    out = subprocess.run([*MARLCTL, "eval", str(model), "--env", ENV, "--episodes", "2", "--seed", "5",
+                          "--summary-json", str(tmp_path / "eval.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    served, local = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("run", "eval"))
+    for key in ("episodes", "mean_return", "return_ci", "win_rate", "mean_length"):
+        assert served[key] == local[key], key
+    # An aborted episode (deadline missed under --on-agent-failure fail) makes `run` exit 1 and say why.
+    out = subprocess.run([*MARLCTL, "run", "--env", ENV, "--agents", addresses, "--episodes", "1", "--timeout-ms",
+                          "0.001"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "aborted" in out.stderr and "timeout" in out.stderr, out.stderr
     gif = tmp_path / "ep.gif"
     first = sorted(recs.iterdir())[0]
     out = subprocess.run([*MARLCTL, "replay", str(first), "--model", str(model), "--render", str(gif)],
