@@ -264,6 +264,7 @@ def _export_one(net: AgentNet, index: int, path: Path, opset: int, metadata: dic
             dynamic_axes={name: {0: onnx_io.BATCH_DIM} for name in names},
         )
     model = onnx.load(str(path))
+    _restore_pruned_inputs(model, cfg.hidden_dim)
     model.producer_name = "marlctl"
     model.producer_version = metadata["marlctl_version"]
     model.doc_string = f"marlctl agent {index} of {metadata['env_id']} ({metadata['algorithm']})"
@@ -272,6 +273,25 @@ def _export_one(net: AgentNet, index: int, path: Path, opset: int, metadata: dic
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
     onnx_io.atomic_write_bytes(path, model.SerializeToString())
+
+
+def _restore_pruned_inputs(model, hidden_dim: int) -> None:
+    """Put back contract inputs the tracer pruned because the graph does not read them.
+
+    A feed-forward agent (``recurrent=False``) ignores ``hidden``; the exporter drops unused
+    inputs, but the agent model contract has all four inputs for every agent, so a runner or
+    service feeds every model the same way."""
+    from onnx import TensorProto, helper
+
+    present = {i.name for i in model.graph.input}
+    if "hidden" not in present:
+        model.graph.input.append(
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [onnx_io.BATCH_DIM, hidden_dim])
+        )
+    order = {name: k for k, name in enumerate(onnx_io.INPUT_NAMES)}
+    inputs = sorted(model.graph.input, key=lambda i: order.get(i.name, len(order)))
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
 
 
 def _load_bundle(bundle_source: str | Path | BundleLike, checkpoint: str | Path | None) -> BundleLike:

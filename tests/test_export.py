@@ -146,3 +146,29 @@ def test_opset_range_ends_export_and_verify(opset, tmp_path):
     a, q, _ = load_agent_model(tmp_path, 0).infer(np.zeros((3, 10), np.float32), np.array([-1, 0, 1]),
                                                  np.ones((3, 2), bool), np.zeros((3, 32), np.float32))
     assert a.shape == (3,) and q.shape == (3, 2)
+
+
+def test_feed_forward_agent_keeps_the_contract_hidden_input(tmp_path: Path):
+    """A feed-forward agent never reads ``hidden``; the tracer prunes it, export must put it back."""
+    import onnxruntime as ort
+    from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+    from marlctl.envs import env_spec
+    from serving_helpers import BundleStandIn
+
+    spec = env_spec("matrix:qtran")
+    torch.manual_seed(0)
+    net = AgentNet(AgentNetConfig(obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
+                                  hidden_dim=16, recurrent=False)).eval()
+    bundle = BundleStandIn(net, "q", "qtran-base", "matrix:qtran", 10, "/runs/ff/checkpoints/latest.pt", "cd" * 32)
+    result = export_team(bundle, tmp_path / "model", config=ExportConfig(verify_episodes=2))
+    assert all(c.action_agreement == 1.0 for c in result.agents)
+    sess = ort.InferenceSession(str(tmp_path / "model" / "agent_0.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == list(onnx_io.INPUT_NAMES)
+    obs = np.ones((3, spec.obs_dim), np.float32)
+    feeds = {"obs": obs, "prev_action": np.full(3, -1, np.int64),
+             "avail_actions": np.ones((3, spec.n_actions), bool), "hidden": np.zeros((3, 16), np.float32)}
+    action, scores, hidden_out = sess.run(None, feeds)
+    with torch.no_grad():
+        expect, _ = net(torch.from_numpy(obs), torch.full((3,), -1), torch.zeros(3, dtype=torch.int64),
+                        torch.zeros(3, 16))
+    np.testing.assert_allclose(scores, expect.numpy(), atol=1e-5)
