@@ -73,9 +73,8 @@ def run(
 ) -> None:
     """Run live episodes whose agents are gRPC agent services (one per agent); print a summary.
 
-    Each step sends each agent only its own observation and avail mask, on that agent's stream. A failed
-    decision (deadline, agent down, broken stream) follows --on-agent-failure and is recorded; the agent's
-    stream is reopened at its next decision, so a restarted agent rejoins with a fresh recurrent state.
+    Each step sends each agent only its own observation and avail mask, on that agent's stream. A failed decision (deadline, agent down, broken stream) follows --on-agent-failure and is recorded; the agent's stream is reopened at its next decision, so a restarted agent rejoins with a fresh recurrent state.
+
     Exit code 0, or 1 when an episode was aborted (--on-agent-failure fail), 2 on bad input.
     """
     from marlctl.serving.runner import EpisodeRunner, RunConfig
