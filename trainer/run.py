@@ -351,6 +351,8 @@ def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     run = TrainingRun(cfg, run_dir, spec, console)
+    console.print(f"[bold]train[/] {cfg.run.algo} on {cfg.env.env_id} ({spec.n_agents} agents, {cfg.env.num_envs} envs)"
+                  f" for {cfg.run.steps:,} env steps, seed {cfg.run.seed}, device {run.device} -> {run_dir}")
     logger = RunLogger(run_dir)
     try:
         logger.event("start", 0, algo=cfg.run.algo, env_id=cfg.env.env_id, seed=cfg.run.seed,
