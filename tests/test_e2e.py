@@ -16,11 +16,11 @@ from marlctl.serving.runner import EpisodeRunner, RunConfig
 from serving_procs import MARLCTL, export_random_team, free_port, start_agent, wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"
-# QTRAN on Table 1a with the budget of tests/test_qtran_matrix.py (full exploration, 1000 updates). Recurrent
-# agents: the GRU state is what the services carry per stream, so the run exercises that path too.
+# QTRAN on Table 1a with the budget of tests/test_qtran_matrix.py (full exploration, 1000 updates) and the
+# matrix games' default feed-forward agents (the SMAX/GRF tests below serve recurrent agents).
 QTRAN_TRAIN = ("--algo", "qtran-base", "--env", "matrix:qtran", "--steps", "4000", "--seed", "0",
                "--set", "env.num_envs=32", "--set", "learner.updates_per_iteration=8",
-               "--set", "algo.joint_embed_dim=32", "--set", "agent.recurrent=true", "--set", "run.progress=false")
+               "--set", "algo.joint_embed_dim=32", "--set", "run.progress=false")
 
 
 def _marlctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
