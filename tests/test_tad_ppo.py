@@ -1,0 +1,154 @@
+"""TAD-PPO: causal attention over preceding actions, sequential sampling, Eq. 6 distillation, optimality on matrix:tad."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from marlctl.agents.recurrent import AgentNet, AgentNetConfig, GreedyAgentPolicy
+from marlctl.envs import env_spec
+from marlctl.trainer.config import algorithm_spec, load_config
+from marlctl.trainer.errors import ConfigValueError
+from marlctl.trainer.ppo.attention import PrecedingActionAttention
+from marlctl.trainer.ppo.gae import deinterleave, gae, interleave_virtual_steps
+from marlctl.trainer.ppo.networks import TADActor, TADCritic
+from marlctl.trainer.ppo.tad_ppo import TADPPOOptions, paper_attention_dims
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one intra-op thread is fastest and keeps the shared CPUs free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build(algo: str, env_id: str, *overrides: str, seed: int = 0):
+    cfg = load_config(algo, env_id, overrides=list(overrides), seed=seed)
+    return algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu"))
+
+
+def test_attention_sees_only_preceding_actions() -> None:
+    torch.manual_seed(0)
+    B, N, H, A = 4, 5, 16, 6
+    attn = PrecedingActionAttention(H, A, N, n_heads=3, head_dim=4)
+    x_BNH = torch.randn(B, N, H)
+    actions_BN = torch.randint(0, A, (B, N))
+    out = attn(x_BNH, actions_BN)
+    assert out.shape == (B, N, 12)
+    assert torch.all(out[:, 0] == 0), "nothing precedes the first agent"
+    for k in range(N):
+        changed = actions_BN.clone()
+        changed[:, k] = (changed[:, k] + 1) % A
+        out2 = attn(x_BNH, changed)
+        torch.testing.assert_close(out2[:, : k + 1], out[:, : k + 1], rtol=0, atol=0)  # agents <= k: unmoved
+        if k < N - 1:
+            assert (out2[:, k + 1 :] - out[:, k + 1 :]).abs().max() > 1e-4  # later agents do see a_k
+    for i in range(N):  # the sequential path (inference) equals the teacher-forced path (training)
+        torch.testing.assert_close(attn.forward_agent(x_BNH[:, i], actions_BN[:, :i]), out[:, i])
+
+
+def test_coordination_policy_and_critic_are_causal_in_the_virtual_order() -> None:
+    torch.manual_seed(1)
+    B, N, A, S = 3, 4, 5, 7
+    cfg = AgentNetConfig(obs_dim=6, n_actions=A, n_agents=N, hidden_dim=16)
+    actor, critic = TADActor(cfg, n_heads=2, head_dim=4), TADCritic(S, N, A, n_heads=2, head_dim=4, hidden_dim=16)
+    _, h = actor.encode(torch.randn(B, N, 6), torch.full((B, N), -1), torch.zeros(B, N, 16))
+    state = torch.randn(B, S)
+    actions = torch.randint(0, A, (B, N))
+    logits, values = actor.coord_logits(h, actions), critic(state, actions)
+    later = actions.clone()
+    later[:, 2:] = (later[:, 2:] + 1) % A
+    torch.testing.assert_close(actor.coord_logits(h, later)[:, :3], logits[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(critic(state, later)[:, :3], values[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(critic.first_value(state), values[:, 0])
+
+
+def test_sequential_sampling_matches_training_log_probs() -> None:
+    """The rollout samples agent after agent (batched over envs); PPO recomputes every log-prob in one
+    teacher-forced pass - both must describe the same policy (ratio 1 before any update)."""
+    algo = build("tad-ppo", "matrix:tad10", "env.num_envs=16")
+    ro, _, steps, _ = algo._collect()
+    assert steps == 16
+    _, h = algo._actor_sequence(algo.actor.decentralized, ro)
+    T, B, N = ro.actions.shape
+    coord = algo.actor.coord_logits(h.reshape(T * B, N, -1), ro.actions.reshape(T * B, N)).view(T, B, N, -1)
+    logp = torch.log_softmax(coord.masked_fill(~ro.avail, -1e10), -1).gather(-1, ro.actions[..., None])[..., 0]
+    torch.testing.assert_close(logp, ro.logp, rtol=1e-5, atol=1e-5)
+
+
+def test_matrix_tad_distilled_decentralized_policy_picks_the_optimum() -> None:
+    algo = build("tad-ppo", "matrix:tad")
+    for _ in range(40):
+        algo.train_iteration()
+    ev = algo.evaluate(32)
+    assert ev["eval/joint_return"] == pytest.approx(10.0), ev  # TAD-PPO-T
+    assert ev["eval/return"] == pytest.approx(10.0), ev  # TAD-PPO (distilled)
+    assert ev["eval/gap_return"] == pytest.approx(0.0)
+    # The exported bundle is a plain decentralized AgentNet: each agent alone picks action 0.
+    bundle = algo.agent_bundle()
+    assert bundle["kind"] == "actor"
+    buf = io.BytesIO()
+    torch.save(bundle, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    net = AgentNet(AgentNetConfig(**loaded["config"]))
+    net.load_state_dict(loaded["state_dict"])
+    spec = env_spec("matrix:tad")
+    for i in range(spec.n_agents):
+        action, _, _ = GreedyAgentPolicy(net.eval(), i)(
+            torch.ones(1, spec.obs_dim), torch.tensor([-1]), torch.ones(1, spec.n_actions, dtype=torch.bool),
+            torch.zeros(1, net.hidden_dim),
+        )
+        assert action.item() == 0
+
+
+def test_resume_from_state_dict_continues_identically() -> None:
+    a = build("tad-ppo", "hallway", "env.num_envs=4", "env.rollout=episodes")
+    for _ in range(2):
+        a.train_iteration()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = build("tad-ppo", "hallway", "env.num_envs=4", "env.rollout=episodes")
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    sa, sb = a.train_iteration(), b.train_iteration()
+    assert sa.metrics["loss/policy"] == sb.metrics["loss/policy"]
+    for (k, pa), pb in zip(a.actor.state_dict().items(), b.actor.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=k)
+
+
+def test_paper_attention_sizes_and_bad_options() -> None:
+    assert paper_attention_dims("smax:3m") == (4, 4)
+    assert paper_attention_dims("smax:27m_vs_30m") == (3, 4)
+    assert paper_attention_dims("smac:MMM2") == (4, 8)
+    assert paper_attention_dims("grf:academy_3_vs_1_with_keeper,reward=scoring") == (4, 6)
+    algo = build("tad-ppo", "matrix:tad10")
+    assert (algo.n_heads, algo.head_dim) == (4, 4)
+    with pytest.raises(ConfigValueError, match="n_heads"):
+        TADPPOOptions(n_heads=-1).validate()
+    with pytest.raises(ConfigValueError, match="clip"):
+        TADPPOOptions(clip=0.0).validate()
+    with pytest.raises(ConfigValueError, match="minibatches"):
+        build("tad-ppo", "matrix:tad", "env.num_envs=2", "algo.minibatches=3")
+    with pytest.raises(ConfigValueError, match="gae_lambda"):
+        load_config("tad-ppo", "matrix:tad", overrides=["algo.gae_lambda=1.5"])
+
+
+def test_transformed_discount_is_gamma_to_the_one_over_n() -> None:
+    """Theorem 5.1: one env step = n virtual steps at gamma^(1/n), so returns in env steps are unchanged."""
+    algo = build("tad-ppo", "hallway", "env.num_envs=2", "algo.value_norm=false", "algo.advantage_norm=false",
+                 "algo.epochs=1")
+    ro, _, _, _ = algo._collect()
+    ro.values.zero_()
+    ro.next_values.zero_()
+    flat = interleave_virtual_steps(ro.rewards, ro.values, ro.next_values[:, :, 0], ro.terminated, ro.ended)
+    adv, _ = gae(*flat, gamma=algo.opts.gamma ** (1 / algo.N), lam=1.0)
+    adv_TBN = deinterleave(adv, algo.N)
+    # With zero values, agent 0's advantage at t is the discounted (gamma per env step) return from t.
+    expected, _ = gae(ro.rewards, torch.zeros_like(ro.rewards), torch.zeros_like(ro.rewards), ro.terminated,
+                      ro.ended, gamma=algo.opts.gamma, lam=1.0)
+    np.testing.assert_allclose((adv_TBN[:, :, 0] / algo.opts.gamma ** ((algo.N - 1) / algo.N)).numpy(),
+                               expected.numpy(), rtol=1e-5, atol=1e-5)
