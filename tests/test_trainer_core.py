@@ -317,3 +317,16 @@ def test_every_algorithm_trains_a_few_hundred_steps(algo: str, env_id: str, tmp_
     assert bundle.algo == algo and bundle.env_id == env_id and bundle.kind == (
         "q" if algorithm_spec(algo).kind == "value" else "actor")
     assert bundle.net.config.n_agents == bundle.env_spec["n_agents"]
+
+
+def test_plot_aggregates_seeds_on_their_common_steps(tmp_path: Path) -> None:
+    from marlctl.trainer.plot import Curve, aggregate, plot_runs
+
+    a = Curve(tmp_path, "vdn", "x", 0, np.array([0, 100, 200]), {"eval/return": np.array([0.0, 1.0, 2.0])})
+    b = Curve(tmp_path, "vdn", "x", 1, np.array([0, 200, 300]), {"eval/return": np.array([2.0, 4.0, 9.0])})
+    grid, mean, low, high = aggregate([a, b], "eval/return", n_grid=3)
+    assert grid.tolist() == [0.0, 100.0, 200.0]  # the overlap of the two runs
+    assert mean.tolist() == [1.0, 2.0, 3.0] and (high - mean).tolist() == [1.0, 1.0, 1.0]
+    assert np.allclose(low, mean - 1.0)
+    with pytest.raises(ConfigValueError, match="expected a .png"):
+        plot_runs([tmp_path], tmp_path / "x.jpg")
