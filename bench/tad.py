@@ -1,0 +1,219 @@
+"""TAD-PPO benchmark: didactic learning curves, SMAX/GRF win rates and the paper's training-time breakdown (Table 4).
+
+    python bench/tad.py curves  --out bench/results/tad [--envs matrix:tad10,hallway] [--steps 20000] [--seeds 0,1,2]
+    python bench/tad.py winrate --out bench/results/tad [--envs smax:3m] [--steps 20000]
+    python bench/tad.py timing  --out bench/results/tad [--envs smax:3m,smax:10m_vs_11m] [--iterations 5]
+    python bench/tad.py report  --out bench/results/tad
+
+Every section writes ``<out>/<section>.json``; ``report`` renders ``<out>/tad.md`` and ``<out>/*.png`` from
+whatever sections exist. Budgets are explicit arguments and are recorded in the JSON. Runs on CPU with one
+torch thread per process (the machine is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Table 4 of the paper (TAD-PPO / MAPPO, 1M steps): action inference, env simulation, policy training, whole.
+PAPER_TABLE4 = {
+    "smax:3m": {"inference": 3.9, "simulation": 1.01, "training": 1.54, "whole": 1.91},
+    "smax:10m_vs_11m": {"inference": 10.0, "simulation": 1.0, "training": 2.72, "whole": 2.76},
+}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build(algo: str, env_id: str, seed: int, overrides: list[str]):
+    import torch
+    from marlctl.envs import env_spec
+    from marlctl.trainer.config import algorithm_spec, load_config
+
+    cfg = load_config(algo, env_id, overrides=overrides, seed=seed)
+    return algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu")), cfg
+
+
+def curves(args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy evaluation curves of TAD-PPO-T (joint), TAD-PPO (distilled) and MAPPO per env and seed."""
+    out: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "eval_points": args.points, "runs": []}
+    for env_id in args.envs:
+        for algo in ("tad-ppo", "mappo"):
+            for seed in args.seeds:
+                a, cfg = build(algo, env_id, seed, args.set)
+                t0, points, next_eval = time.perf_counter(), [], 0
+                while True:
+                    if a.env_steps >= next_eval:
+                        ev = a.evaluate(args.eval_episodes)
+                        points.append({"env_steps": a.env_steps, **ev})
+                        next_eval += args.steps // args.points
+                    if a.env_steps >= args.steps:
+                        break
+                    a.train_iteration()
+                run = {"env": env_id, "algo": algo, "seed": seed, "wall_s": time.perf_counter() - t0,
+                       "num_envs": cfg.env.num_envs, "points": points}
+                out["runs"].append(run)
+                last = points[-1]
+                print(f"{env_id} {algo} seed {seed}: return {last['eval/return']:.2f}"
+                      + (f" joint {last['eval/joint_return']:.2f}" if "eval/joint_return" in last else "")
+                      + f" after {a.env_steps} steps ({run['wall_s']:.0f} s)", flush=True)
+    return out
+
+
+def winrate(args: argparse.Namespace) -> dict[str, Any]:
+    """Win rate of TAD-PPO (distilled) and MAPPO after a small stated budget."""
+    from marlctl.envs import list_families
+
+    installed = {fam.name: ok for fam, ok, _ in list_families()}
+    out: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "results": [], "skipped": []}
+    for env_id in args.envs:
+        family = env_id.split(":", 1)[0]
+        if not installed.get(family, False):
+            out["skipped"].append({"env": env_id, "why": f"backend of {family} not installed"})
+            continue
+        for algo in ("tad-ppo", "mappo"):
+            for seed in args.seeds:
+                a, _ = build(algo, env_id, seed, args.set)
+                t0 = time.perf_counter()
+                while a.env_steps < args.steps:
+                    a.train_iteration()
+                ev = a.evaluate(args.eval_episodes)
+                out["results"].append({"env": env_id, "algo": algo, "seed": seed, "env_steps": a.env_steps,
+                                       "wall_s": time.perf_counter() - t0, **ev})
+                print(f"{env_id} {algo} seed {seed}: win {ev['eval/win_rate']:.2f} return {ev['eval/return']:.2f}",
+                      flush=True)
+    return out
+
+
+def timing(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds in action inference, env simulation and policy training per iteration, TAD-PPO vs MAPPO."""
+    out: dict[str, Any] = {"iterations": args.iterations, "results": [], "paper": PAPER_TABLE4}
+    for env_id in args.envs:
+        row: dict[str, Any] = {"env": env_id}
+        for algo in ("tad-ppo", "mappo"):
+            a, cfg = build(algo, env_id, 0, args.set)
+            a.train_iteration()  # warm-up: JIT compilation of the simulator, allocator
+            tot = {"inference": 0.0, "simulation": 0.0, "training": 0.0}
+            steps = 0
+            for _ in range(args.iterations):
+                s = a.train_iteration()
+                steps += s.env_steps
+                for k in tot:
+                    tot[k] += s.metrics[f"time/{k}"]
+            tot["whole"] = sum(tot.values())
+            row[algo] = {"env_steps": steps, "num_envs": cfg.env.num_envs, **tot}
+        row["ratio"] = {k: row["tad-ppo"][k] / row["tad-ppo"]["env_steps"]
+                        / (row["mappo"][k] / row["mappo"]["env_steps"]) for k in ("inference", "simulation",
+                                                                                   "training", "whole")}
+        out["results"].append(row)
+        print(env_id, {k: round(v, 2) for k, v in row["ratio"].items()}, "paper", PAPER_TABLE4.get(env_id), flush=True)
+    return out
+
+
+def report(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lines = ["# TAD-PPO benchmark", ""]
+    cur = _load(args.out / "curves.json")
+    if cur:
+        lines += [f"## Didactic games (greedy eval, {cur['steps']} env steps, seeds {cur['seeds']})", "",
+                  "| env | TAD-PPO-T (joint) | TAD-PPO (distilled) | MAPPO |", "|---|---|---|---|"]
+        for env_id in sorted({r["env"] for r in cur["runs"]}):
+            runs = [r for r in cur["runs"] if r["env"] == env_id]
+            fig, ax = plt.subplots(figsize=(6, 4))
+            cells = {}
+            for label, algo, key in (("TAD-PPO-T", "tad-ppo", "eval/joint_return"),
+                                     ("TAD-PPO", "tad-ppo", "eval/return"), ("MAPPO", "mappo", "eval/return")):
+                rs = [r for r in runs if r["algo"] == algo]
+                if not rs:
+                    continue
+                x = np.array([p["env_steps"] for p in rs[0]["points"]])
+                n = min(len(r["points"]) for r in rs)
+                y = np.array([[p[key] for p in r["points"][:n]] for r in rs])
+                ax.plot(x[:n], y.mean(0), label=label)
+                ax.fill_between(x[:n], y.min(0), y.max(0), alpha=0.2)
+                finals = y[:, -1]
+                cells[label] = f"{finals.mean():.2f} (seeds: {', '.join(f'{v:.2f}' for v in finals)})"
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("greedy eval return")
+            ax.set_title(env_id)
+            ax.legend()
+            png = args.out / f"curve_{env_id.replace(':', '_').replace(',', '_')}.png"
+            fig.savefig(png, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            lines.append(f"| {env_id} | {cells.get('TAD-PPO-T', '-')} | {cells.get('TAD-PPO', '-')} | "
+                         f"{cells.get('MAPPO', '-')} |")
+        lines.append("")
+    win = _load(args.out / "winrate.json")
+    if win:
+        lines += [f"## Win rate after {win['steps']} env steps", "", "| env | algo | seed | win rate | return |",
+                  "|---|---|---|---|---|"]
+        for r in win["results"]:
+            lines.append(f"| {r['env']} | {r['algo']} | {r['seed']} | {r['eval/win_rate']:.2f} | "
+                         f"{r['eval/return']:.2f} |")
+        for s in win["skipped"]:
+            lines.append(f"| {s['env']} | skipped: {s['why']} | | | |")
+        lines.append("")
+    tim = _load(args.out / "timing.json")
+    if tim:
+        lines += [f"## Training-time breakdown, TAD-PPO / MAPPO per env step ({tim['iterations']} iterations)", "",
+                  "| env | inference | simulation | training | whole | paper (inference, simulation, training, whole) |",
+                  "|---|---|---|---|---|---|"]
+        for r in tim["results"]:
+            p = PAPER_TABLE4.get(r["env"], {})
+            ratio = r["ratio"]
+            lines.append(f"| {r['env']} | {ratio['inference']:.2f} | {ratio['simulation']:.2f} | "
+                         f"{ratio['training']:.2f} | {ratio['whole']:.2f} | "
+                         f"{p.get('inference', '-')}, {p.get('simulation', '-')}, {p.get('training', '-')}, "
+                         f"{p.get('whole', '-')} |")
+        lines.append("")
+    atomic_write(args.out / "tad.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("section", choices=["curves", "winrate", "timing", "report"])
+    p.add_argument("--out", type=Path, default=Path("bench/results/tad"))
+    p.add_argument("--envs", type=lambda s: s.split(";") if ";" in s else s.split(","), default=None,
+                   help="env ids, comma-separated (use ; when an id has options)")
+    p.add_argument("--steps", type=int, default=20_000, help="training budget per run in env steps")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--points", type=int, default=10, help="evaluations per curve")
+    p.add_argument("--eval-episodes", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations per algorithm (timing)")
+    p.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    defaults = {"curves": ["matrix:tad10", "hallway"], "winrate": ["smax:3m", "grf:academy_3_vs_1_with_keeper"],
+                "timing": ["smax:3m", "smax:10m_vs_11m"]}
+    if args.section == "report":
+        report(args)
+        return 0
+    args.envs = args.envs or defaults[args.section]
+    result = {"curves": curves, "winrate": winrate, "timing": timing}[args.section](args)
+    result["argv"] = sys.argv[1:]
+    atomic_write(args.out / f"{args.section}.json", json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
