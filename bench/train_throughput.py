@@ -53,7 +53,32 @@ def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str,
     }
 
 
-def to_markdown(rows: list[dict], meta: dict[str, Any]) -> str:
+def measure_rollout(env_id: str, num_envs: int, batched_steps: int) -> dict:
+    """Rollout alone (no learning): epsilon-greedy batched steps of a fresh agent network, after a warm-up step."""
+    import numpy as np
+    import torch
+    from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+    from marlctl.envs import make_batched_env
+    from marlctl.trainer.replay import ReplayBuffer
+    from marlctl.trainer.rollout import RolloutWorker
+
+    torch.set_num_threads(1)
+    env = make_batched_env(env_id, num_envs)
+    spec = env.spec
+    net = AgentNet(AgentNetConfig(spec.obs_dim, spec.n_actions, spec.n_agents))
+    worker = RolloutWorker(env, net, torch.device("cpu"))
+    buf = ReplayBuffer(spec, 4096, spec.episode_limit)
+    rng = np.random.default_rng(0)
+    worker.run_steps(2, 0.5, rng, buf, reset_seed=0)  # JIT warm-up
+    t0 = time.perf_counter()
+    res = worker.run_steps(batched_steps, 0.5, rng, buf)
+    wall = time.perf_counter() - t0
+    env.close()
+    return {"env_id": env_id, "num_envs": num_envs, "env_steps": res.env_steps, "episodes": res.episodes,
+            "wall_s": round(wall, 3), "env_steps_per_s": round(res.env_steps / wall, 1)}
+
+
+def to_markdown(rows: list[dict], meta: dict[str, Any], rollout_rows: list[dict] | None = None) -> str:
     lines = [
         "# Training throughput (whole training loop: batched rollout + replay + updates)",
         "",
@@ -70,6 +95,12 @@ def to_markdown(rows: list[dict], meta: dict[str, Any]) -> str:
             continue
         lines.append(f"| {r['algo']} | {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['updates']} | "
                      f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {r['updates_per_s']:.2f} | {r['warmup_s']} |")
+    if rollout_rows:
+        lines += ["", "## Rollout alone (epsilon-greedy, one agent-network call per batched step, episodes into replay)",
+                  "", "| env | envs | env steps | episodes | wall s | env-steps/s |", "|---|---:|---:|---:|---:|---:|"]
+        for r in rollout_rows:
+            lines.append(f"| {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['episodes']} | {r['wall_s']} | "
+                         f"{r['env_steps_per_s']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,28 +114,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=120.0, help="cap on the timed part of one run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--rollout-envs", default="64,256", help="batch sizes of the rollout-only measurement ('' = skip)")
+    ap.add_argument("--rollout-steps", type=int, default=200, help="batched steps of the rollout-only measurement")
     ap.add_argument("--out", default="bench/results/train_throughput", help="path prefix of .json and .md")
     args = ap.parse_args(argv)
     rows: list[dict] = []
     for env_id in args.envs.split(","):
-        for algo in args.algos.split(","):
+        for algo in [a for a in args.algos.split(",") if a]:
             try:
                 row = measure(algo, env_id, args.steps, args.max_seconds, args.device, args.overrides)
             except Exception as exc:  # noqa: BLE001 - one failing algorithm must not hide the others
                 row = {"algo": algo, "env_id": env_id, "error": f"{type(exc).__name__}: {exc}"[:200]}
             rows.append(row)
             print(json.dumps(row), flush=True)
+    rollout_rows: list[dict] = []
+    for env_id in args.envs.split(","):
+        for b in [int(x) for x in args.rollout_envs.split(",") if x]:
+            row = measure_rollout(env_id, b, args.rollout_steps)
+            rollout_rows.append(row)
+            print(json.dumps(row), flush=True)
     meta = {"steps": args.steps, "max_seconds": args.max_seconds, "device": args.device, "overrides": args.overrides,
             "torch_threads": 1, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"),
-                         (".md", to_markdown(rows, meta))):
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows, "rollout": rollout_rows}, indent=2) + "\n"),
+                         (".md", to_markdown(rows, meta, rollout_rows))):
         tmp = out.with_name(out.name + suffix + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, out.with_name(out.name + suffix))
-    print(to_markdown(rows, meta))
+    print(to_markdown(rows, meta, rollout_rows))
     return 0 if all("error" not in r for r in rows) else 1
 
 
