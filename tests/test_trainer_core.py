@@ -330,3 +330,18 @@ def test_plot_aggregates_seeds_on_their_common_steps(tmp_path: Path) -> None:
     assert np.allclose(low, mean - 1.0)
     with pytest.raises(ConfigValueError, match="expected a .png"):
         plot_runs([tmp_path], tmp_path / "x.jpg")
+
+
+def test_running_state_norm_matches_full_data_statistics() -> None:
+    from marlctl.trainer.learners.base import RunningNorm
+
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(n, 4, generator=g) * 7 + 20 for n in (5, 1, 30, 12)]
+    norm = RunningNorm(4)
+    for c in chunks:
+        norm.update(c)
+    data = torch.cat(chunks).double()
+    torch.testing.assert_close(norm.mean, data.mean(0))
+    torch.testing.assert_close(norm.var, data.var(0, unbiased=False))
+    z = norm(torch.cat(chunks))
+    assert z.dtype == torch.float32 and z.mean(0).abs().max() < 1e-4 and (z.std(0, unbiased=False) - 1).abs().max() < 1e-3

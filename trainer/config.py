@@ -220,6 +220,9 @@ class ValueLearnerConfig:
     """Width of the hypernetworks' hidden layer."""
     hypernet_layers: int = 2
     """1 = linear hypernetworks, 2 = one hidden layer."""
+    normalize_state: bool = False
+    """Normalize the global state given to mixers by a running mean/std (for raw states such as SMAX's
+    unit positions, which otherwise blow up QMIX's hypernetworks)."""
 
 
 ALGO_SECTION = "algo"

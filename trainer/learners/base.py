@@ -17,11 +17,13 @@ Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` st
 ``taken(q, actions)`` gathers ``[B, T, N]``; ``next_agent_values(batch, q, target_q)`` applies double Q
 to get each agent's greedy next value ``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step,
 n-step or TD(lambda) targets per ``ValueLearnerConfig``; ``masked_mean(x_BT, batch)``.
-The base does the optimizer step, gradient clipping, target updates and (de)serialization.
+The base does the optimizer step, gradient clipping, target updates and (de)serialization; with
+``learner.normalize_state`` it normalizes ``batch.state`` (running mean/std) before ``loss`` sees it.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -41,6 +43,34 @@ def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
     )
 
 
+class RunningNorm(nn.Module):
+    """Running mean/std normalization (buffers only, so it is checkpointed and never optimized)."""
+
+    def __init__(self, dim: int, eps: float = 1e-4, clip: float = 10.0) -> None:
+        super().__init__()
+        self.eps, self.clip = eps, clip
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x_KD: torch.Tensor) -> None:
+        """Merge the statistics of ``K`` samples (Chan et al.'s parallel variance)."""
+        k = x_KD.shape[0]
+        if k == 0:
+            return
+        x = x_KD.double()
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        delta, total = b_mean - self.mean, self.count + k
+        m2 = self.var * self.count + b_var * k + delta**2 * self.count * k / total
+        self.mean += delta * k / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip).to(x.dtype)
+
+
 def make_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """Adam or RMSprop over ``params`` as configured."""
     if cfg.optimizer == "adam":
@@ -56,7 +86,11 @@ class ValueLearner:
         self.lcfg = cfg.learner
         self.algo_cfg = cfg.algo
         self.agent = AgentNet(agent_net_config(cfg.agent, spec))
-        self.nets = nn.ModuleDict({"agent": self.agent, **self.build_networks()}).to(device)
+        self.nets = nn.ModuleDict({"agent": self.agent, **self.build_networks()})
+        self.state_norm: RunningNorm | None = None
+        if self.lcfg.normalize_state:
+            self.state_norm = self.nets["state_norm"] = RunningNorm(spec.state_dim)
+        self.nets.to(device)
         self.targets = copy.deepcopy(self.nets)
         self.targets.requires_grad_(False)
         self.params = [p for p in self.nets.parameters() if p.requires_grad]
@@ -127,6 +161,9 @@ class ValueLearner:
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         """One gradient step on ``batch``; returns the loss metrics plus ``train/grad_norm``."""
         self.nets.train()
+        if self.state_norm is not None:  # learners see normalized global states
+            self.state_norm.update(batch.state[:, :-1][batch.filled])
+            batch = dataclasses.replace(batch, state=self.state_norm(batch.state))
         loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
