@@ -33,8 +33,9 @@ RECORD_FORMAT = "marlctl.episode"
 RECORD_VERSION = 1
 RECORD_SUFFIX = ".episode.json.gz"
 
-FALLBACK_REASONS = ("timeout", "unavailable", "stream_error", "invalid_decision")
-"""Why a decision was a fallback: no answer in time, agent not reachable, stream broke, answer unusable."""
+FALLBACK_REASONS = ("timeout", "unavailable", "stream_error", "invalid_decision", "spec_mismatch")
+"""Why a decision was a fallback: no answer in time, agent not reachable, stream broke, answer unusable,
+another service answered at the agent's address after a failure."""
 
 
 class RecordError(ServingError):

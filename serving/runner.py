@@ -16,13 +16,17 @@ aborted, the other episodes go on), ``noop`` applies action 0 when available els
 available one, ``random`` a uniform available action. Each fallback is counted in
 ``marl_runner_fallbacks_total{agent,reason}`` and written into the episode record (episode
 ``degraded``). After a failure the agent's stream is dropped; at the agent's next decision
-the runner opens a new stream, so when the service is back the agent rejoins the running
-episode with a FRESH recurrent state and no previous action (the server-side state of the
-broken stream is gone). The record lists these reconnects.
+the runner asks the address for its spec again (it must still be the same agent of the same
+env: a different service there is a ``spec_mismatch`` failure) and opens a new stream, so when
+the service is back the agent rejoins the running episode with a FRESH recurrent state and no
+previous action (the server-side state of the broken stream is gone). The record lists these
+reconnects.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import threading
 import time
@@ -38,6 +42,8 @@ from marlctl.envs.errors import EnvError
 from marlctl.serving.errors import AgentServiceError, ServingError
 from marlctl.serving.records import EpisodeRecord, Fallback, Outcome, save_record
 from marlctl.serving.stats import EpisodeSummary, summarize
+
+log = logging.getLogger(__name__)
 
 FAILURE_POLICIES = ("fail", "noop", "random")
 
@@ -161,9 +167,10 @@ def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
 class _AgentLink:
     """One agent's side of one episode: its current stream, reopened after a failure."""
 
-    def __init__(self, stub: Any, index: int, timeout_s: float, label: str) -> None:
+    def __init__(self, stub: Any, index: int, timeout_s: float, label: str, check_spec: Callable[[Any], None]) -> None:
         self.stub = stub
         self.index = index
+        self.check_spec = check_spec
         self.timeout_s = timeout_s
         self.label = label
         self.call: Any = None
@@ -179,30 +186,38 @@ class _AgentLink:
         return reply
 
     async def decide(self, obs_O: np.ndarray, avail_A: np.ndarray) -> tuple[int | None, float, str | None, bool]:
-        """``(action or None, latency ms, failure reason or None, reconnected)``."""
+        """``(action or None, latency ms, failure reason or None, reconnected)``.
+
+        The fault boundary of one agent: whatever goes wrong with the remote side becomes a failure
+        reason, never an exception that would stop the other agents or episodes."""
         import grpc
         from marlctl.proto import agent_pb2
 
-        reconnected = False
-        if self.call is None:
-            self.call = self.stub.Episode(wait_for_ready=False)
-            reconnected = self.failed_before
+        reconnecting = self.call is None and self.failed_before
         request = agent_pb2.Observation(obs=obs_O.tolist(), avail_actions=avail_A.tolist(), episode_id=self.label)
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):  # no extra task per decision, unlike wait_for
+                if reconnecting:  # whoever answers at this address now must still be this agent of this env
+                    self.check_spec(await self.stub.GetSpec(agent_pb2.GetSpecRequest(), wait_for_ready=False))
+                if self.call is None:
+                    self.call = self.stub.Episode(wait_for_ready=False)
                 reply = await self._exchange(request)
         except TimeoutError:
             return self._failed("timeout")
         except grpc.aio.AioRpcError as exc:
             return self._failed("unavailable" if exc.code() == grpc.StatusCode.UNAVAILABLE else "stream_error")
-        except (_StreamEnded, grpc.aio.UsageError, ConnectionError, asyncio.InvalidStateError):
+        except AgentServiceError as exc:
+            log.warning("agent %d: the service back at its address is another one: %s", self.index, exc)
+            return self._failed("spec_mismatch")
+        except Exception as exc:  # noqa: BLE001 - see the docstring; logged, counted, recorded
+            log.warning("agent %d: stream failed: %s: %s", self.index, type(exc).__name__, exc)
             return self._failed("stream_error")
         latency_ms = (time.perf_counter() - t0) * 1e3
         action = int(reply.action)
         if not (0 <= action < avail_A.shape[0] and avail_A[action]):
-            return None, math.nan, "invalid_decision", reconnected
-        return action, latency_ms, None, reconnected
+            return None, math.nan, "invalid_decision", reconnecting
+        return action, latency_ms, None, reconnecting
 
     def _failed(self, reason: str) -> tuple[None, float, str, bool]:
         self.drop()
@@ -227,7 +242,7 @@ class _AgentLink:
             call.cancel()
 
 
-class _StreamEnded(Exception):
+class _StreamEnded(ConnectionError):
     """The server ended the stream before answering."""
 
 
@@ -360,7 +375,9 @@ class EpisodeRunner:
         loop = asyncio.get_running_loop()
         seed = cfg.seed + index
         rng = np.random.default_rng([cfg.seed, index, 0x5EED])  # the random fallback policy's own stream
-        links = [_AgentLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}") for i, stub in enumerate(stubs)]
+        links = [_AgentLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}",
+                            functools.partial(check_agent_spec, i, f"agent service {cfg.agents[i]}", env=spec))
+                 for i, stub in enumerate(stubs)]
         ts: TimeStep = await loop.run_in_executor(pool, env.reset, seed)
         actions: list[np.ndarray] = []
         rewards: list[float] = []

@@ -19,15 +19,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition, deadline_s: float, what: str, period_s: float = 0.05):
-    """Poll ``condition()`` until it returns a truthy value (returned) or the deadline passes (AssertionError)."""
+def wait_until(condition, deadline_s: float, what: str, period_s: float = 0.05, detail=None):
+    """Poll ``condition()`` until it returns a truthy value (returned) or the deadline passes (AssertionError,
+    with ``detail()`` appended when given)."""
     end = time.monotonic() + deadline_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+            extra = f" ({detail()})" if detail is not None else ""
+            raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}{extra}")
         time.sleep(period_s)
 
 

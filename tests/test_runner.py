@@ -89,6 +89,12 @@ def test_agent_killed_mid_episode_falls_back_and_reconnects(team, tmp_path):
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             box["error"] = exc
 
+    def progress() -> str:  # what the run did so far, for a failing wait's message
+        reasons = {r: _sample(runner.metrics.m.registry, "marl_runner_fallbacks_total", agent="1", reason=r)
+                   for r in ("unavailable", "stream_error", "timeout", "invalid_decision", "spec_mismatch")}
+        return (f"{len(done)} episodes done, {sum(r.outcome.degraded for r in done)} degraded, fallbacks {reasons}, "
+                f"runner alive {thread.is_alive()}, error {box.get('error')!r}")
+
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     try:
@@ -97,10 +103,18 @@ def test_agent_killed_mid_episode_falls_back_and_reconnects(team, tmp_path):
         victim.kill()  # mid-episode: both in-flight episodes are past their first steps
         wait_until(lambda: sum(_sample(registry, "marl_runner_fallbacks_total", agent="1", reason=r)
                                for r in ("unavailable", "stream_error", "timeout")) > 0, 60, "a fallback for agent 1")
+        # A wrong service comes up at agent 1's address (agent 0's policy): refused on reconnect, still fallbacks.
+        impostor = start_agent(model, 0, root, port=victim.port)
+        try:
+            wait_until(lambda: _sample(registry, "marl_runner_fallbacks_total", agent="1", reason="spec_mismatch") > 0,
+                       60, "a spec_mismatch fallback for agent 1", detail=progress)
+        finally:
+            impostor.kill()
         agents[1] = start_agent(model, 1, root, port=victim.port)  # the agent comes back on the same address
         k = wait_until(lambda: next((j + 1 for j, r in enumerate(done) if r.reconnects), 0), 90,
-                       "a reconnect of agent 1 inside an episode")
-        wait_until(lambda: any(not r.outcome.degraded for r in done[k:]), 90, "a clean episode after the reconnect")
+                       "a reconnect of agent 1 inside an episode", detail=progress)
+        wait_until(lambda: any(not r.outcome.degraded for r in done[k:]), 90, "a clean episode after the reconnect",
+                   detail=progress)
     finally:
         runner.stop()
         thread.join(timeout=120)
