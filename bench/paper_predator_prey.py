@@ -28,17 +28,17 @@ REMIX_ENV = "predator_prey:agents=4,prey=2,grid=7,punishment={p},reward=10,limit
 
 def common(steps: int) -> list[str]:
     """Settings shared by every run (scaled to the budget)."""
-    return ["env.num_envs=8", "replay.batch_size=32", "replay.capacity=2000", "learner.updates_per_iteration=4",
+    return ["env.num_envs=8", "replay.batch_size=8", "replay.capacity=2000", "learner.updates_per_iteration=8",
             "learner.target_update_episodes=40", "exploration.epsilon_start=1.0", "exploration.epsilon_finish=0.1",
             f"exploration.epsilon_anneal_steps={steps // 2}", "optim.optimizer=adam", "optim.lr=0.0005",
             f"run.eval_interval={steps // 10}", "run.eval_episodes=16", f"run.log_interval={steps // 10}",
             f"run.save_interval={steps}", "run.progress=false"]
 
 
-def experiments(steps: int) -> list[dict]:
+def experiments(punishments: tuple[float, ...] = (0.5, 1.0, 1.5)) -> list[dict]:
     """(part, setting label, env id, algo, extra overrides) of every run."""
     out = []
-    for p in (0.5, 1.0, 1.5):
+    for p in punishments:
         for algo in ("qtran-base", "qtran-alt", "vdn", "qmix"):
             out.append({"part": "qtran", "setting": f"N=2, 5x5, P={p}", "env_id": QTRAN_ENV.format(p=p),
                         "algo": algo, "overrides": ["agent.recurrent=false"]})
@@ -127,7 +127,7 @@ def markdown(meta: dict, summary: dict) -> str:
     for setting, algos in summary.items():
         for algo, d in algos.items():
             lines.append(f"| {setting} | {algo} | {d['final']:.2f} | {d['best']:.2f} |")
-    lines += ["", "![curves](paper_predator_prey.png)", "", "## Agreement with the papers", "", meta["verdict"], ""]
+    lines += ["", f"![curves]({meta['png']})", "", "## Agreement with the papers", "", meta["verdict"], ""]
     return "\n".join(lines)
 
 
@@ -156,12 +156,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60000)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--parts", nargs="+", default=["qtran", "remix"], choices=["qtran", "remix"])
+    p.add_argument("--punishments", nargs="+", type=float, default=[0.5, 1.0, 1.5], help="P of the QTRAN part")
+    p.add_argument("--tag", default="", help="suffix of the output names (paper_predator_prey<tag>.*)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()
+    name = f"paper_predator_prey{args.tag}"
     t0 = time.perf_counter()
     results = []
     workdir = Path(tempfile.mkdtemp(prefix="paper_pp_", dir=args.out / "tmp" if (args.out / "tmp").is_dir() else None))
-    for exp in experiments(args.steps):
+    for exp in experiments(tuple(args.punishments)):
         if exp["part"] not in args.parts:
             continue
         for seed in args.seeds:
@@ -173,12 +176,13 @@ def main() -> None:
     meta = {"steps": args.steps, "seeds": args.seeds, "wall_s": time.perf_counter() - t0, "common": common(args.steps),
             "machine": f"{os.cpu_count()} CPU cores (shared), CPU torch", "verdict": verdict(summary),
             "command": f"python bench/paper_predator_prey.py --steps {args.steps} --seeds "
-                       f"{' '.join(map(str, args.seeds))} --parts {' '.join(args.parts)}"}
-    atomic_write(args.out / "paper_predator_prey.json", json.dumps({"meta": meta, "summary": summary,
-                                                                     "runs": results}, indent=1))
-    plot(results, args.out / "paper_predator_prey.png")
-    atomic_write(args.out / "paper_predator_prey.md", markdown(meta, summary))
-    print(f"wrote {args.out}/paper_predator_prey.{{json,md,png}}")
+                       f"{' '.join(map(str, args.seeds))} --parts {' '.join(args.parts)} --punishments "
+                       f"{' '.join(map(str, args.punishments))}" + (f" --tag {args.tag}" if args.tag else ""),
+            "png": f"{name}.png"}
+    atomic_write(args.out / f"{name}.json", json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    plot(results, args.out / f"{name}.png")
+    atomic_write(args.out / f"{name}.md", markdown(meta, summary))
+    print(f"wrote {args.out}/{name}.{{json,md,png}}")
 
 
 if __name__ == "__main__":
