@@ -145,35 +145,23 @@ def replay(
 
     Exit code 0 when every record matches (and, with --model, every re-decided action agrees), else 1.
     """
-    from marlctl.envs import env_spec
-    from marlctl.serving.evaluate import load_team
     from marlctl.serving.records import find_records, load_record
-    from marlctl.serving.replay import gif_paths, replay_record, write_gif
+    from marlctl.serving.replay import gif_paths
 
     paths = find_records(list(records))
     loaded = [load_record(p) for p in paths]  # refuse a corrupt file before replaying anything
-    teams: dict[str, Any] = {}
     gifs = gif_paths(render, len(paths)) if render is not None else []
+    results = _replay_all(paths, loaded, model, gifs, fps)
     envs = sorted({rec.env_id for rec in loaded})
     table = Table(title=f"marlctl replay: {len(paths)} record(s) of {', '.join(envs)}", title_justify="left")
     for col in ("episode", "seed", "steps rec/sim", "return rec/sim", "re-simulation", "re-decided agree"):
         table.add_column(col)
-    results = []
-    for k, (path, rec) in enumerate(zip(paths, loaded, strict=True)):
-        team = None
-        if model is not None:
-            if rec.env_id not in teams:
-                teams[rec.env_id] = load_team(model, env_spec(rec.env_id))
-            team = teams[rec.env_id]
-        result, frames = replay_record(rec, str(path), agents=team, render=render is not None)
-        if render is not None:
-            write_gif(frames, gifs[k], fps=fps)
-        results.append(result)
-        agree = "-" if result.agreement is None else f"{result.agreements}/{result.decisions}"
-        table.add_row(str(rec.episode_index), str(rec.seed), f"{result.recorded_length}/{result.replayed_length}",
-                      f"{result.recorded_return:.3f}/{result.replayed_return:.3f}",
-                      "[green]match[/]" if result.match else "[red]MISMATCH[/]",
-                      agree if result.agreement in (None, 1.0) else f"[red]{agree}[/]")
+    for rec, r in zip(loaded, results, strict=True):
+        agree = "-" if r.agreement is None else f"{r.agreements}/{r.decisions}"
+        table.add_row(str(rec.episode_index), str(rec.seed), f"{r.recorded_length}/{r.replayed_length}",
+                      f"{r.recorded_return:.3f}/{r.replayed_return:.3f}",
+                      "[green]match[/]" if r.match else "[red]MISMATCH[/]",
+                      agree if r.agreement in (None, 1.0) else f"[red]{agree}[/]")
     console.print(table)
     for path, r in zip(paths, results, strict=True):
         for problem in r.problems:
@@ -188,6 +176,31 @@ def replay(
     if bad:
         err_console.print(f"[red]{len(bad)} of {len(results)} record(s) did not replay identically[/]")
         raise typer.Exit(1)
+
+
+def _replay_all(paths: list[Path], loaded: list[Any], model: Path | None, gifs: list[Path], fps: float) -> list[Any]:
+    """Replay every record; one env (and one team of in-process agents) per env id, reused across records."""
+    from marlctl.envs import env_spec, make_env
+    from marlctl.serving.evaluate import load_team
+    from marlctl.serving.replay import replay_record, write_gif
+
+    envs: dict[str, Any] = {}
+    teams: dict[str, Any] = {}
+    results = []
+    try:
+        for k, (path, rec) in enumerate(zip(paths, loaded, strict=True)):
+            if rec.env_id not in envs:
+                envs[rec.env_id] = make_env(rec.env_id)  # reset per record: a jitted env compiles once
+                teams[rec.env_id] = None if model is None else load_team(model, env_spec(rec.env_id))
+            result, frames = replay_record(rec, str(path), agents=teams[rec.env_id], render=bool(gifs),
+                                           env=envs[rec.env_id])
+            if gifs:
+                write_gif(frames, gifs[k], fps=fps)
+            results.append(result)
+    finally:
+        for env in envs.values():
+            env.close()
+    return results
 
 
 def register(app: typer.Typer) -> None:

@@ -56,16 +56,19 @@ class ReplayResult:
 
 
 def replay_record(record: EpisodeRecord, path: str = "", agents: list[Any] | None = None,
-                  render: bool = False) -> tuple[ReplayResult, list[np.ndarray]]:
+                  render: bool = False, env: Any = None) -> tuple[ReplayResult, list[np.ndarray]]:
     """Re-simulate ``record`` (and re-decide with ``agents``: ``evaluate.LocalAgent`` per agent); returns
-    the result and the rendered frames (empty unless ``render``)."""
+    the result and the rendered frames (empty unless ``render``). ``env``: an env of the record's id to
+    reuse (reset with the record's seed; left open), else a fresh one is made and closed."""
     from marlctl.envs import make_env
     from marlctl.envs.errors import EnvError
 
-    env = make_env(record.env_id)
+    own_env = env is None
+    env = make_env(record.env_id) if own_env else env
     n = record.n_agents
     if env.spec.n_agents != n:
-        env.close()
+        if own_env:
+            env.close()
         raise ServingError(f"{path}: the record has {n} agents but env {record.env_id!r} now has {env.spec.n_agents}")
     problems: list[str] = []
     frames: list[np.ndarray] = []
@@ -120,7 +123,8 @@ def replay_record(record: EpisodeRecord, path: str = "", agents: list[Any] | Non
         if not problems:
             problems += _compare_end(record, ts, ended_at)
     finally:
-        env.close()
+        if own_env:
+            env.close()
     result = ReplayResult(
         path=path, env_id=record.env_id, seed=record.seed, recorded_return=record.outcome.episode_return,
         replayed_return=float(np.sum(rewards)), recorded_length=out.length, replayed_length=len(rewards),

@@ -134,16 +134,18 @@ def _run_and_replay_in_process(model: Path, env_id: str, n_agents: int, tmp: Pat
         for a in agents:
             a.stop()
     assert result.summary.episodes == episodes and result.summary.aborted == 0 and not result.summary.fallbacks
-    from marlctl.envs import env_spec
+    from marlctl.envs import env_spec, make_env
     from marlctl.serving.evaluate import load_team
 
     team = load_team(model, env_spec(env_id))
+    env = make_env(env_id)  # one env for every replay (reset per record)
     for path in result.record_paths:
         rec = load_record(path, expect_env=env_id)
-        replayed, frames = replay_record(rec, str(path), agents=team, render=True)
+        replayed, frames = replay_record(rec, str(path), agents=team, render=True, env=env)
         assert replayed.match, (path, replayed.problems)  # observations, rewards and the end all re-simulate
         assert replayed.agreements == replayed.decisions == rec.outcome.length * n_agents  # ORT in process agrees
         assert len(frames) == rec.outcome.length + 1 and frames[0].dtype == np.uint8 and frames[0].ndim == 3
+    env.close()
     return [load_record(p) for p in result.record_paths]
 
 
