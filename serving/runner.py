@@ -254,7 +254,10 @@ class _Metrics:
 
         self.m = metrics.RunnerMetrics()
         self.env_id = env_id
-        self.http = None if port is None else metrics.start_metrics_http(self.m.registry, port)
+        try:
+            self.http = None if port is None else metrics.start_metrics_http(self.m.registry, port)
+        except OSError as exc:
+            raise ServingError(f"cannot serve runner metrics on --metrics-port {port}: {exc}") from None
 
     def fallback(self, agent: int, reason: str) -> None:
         self.m.fallbacks_total.labels(agent=str(agent), reason=reason).inc()

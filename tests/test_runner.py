@@ -3,6 +3,7 @@ policies (agent killed mid-episode, deadlines), reconnect, spec checks, and the 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import urllib.request
@@ -176,6 +177,12 @@ def test_spec_mismatch_and_bad_input_are_refused(team):
         EpisodeRunner(RunConfig(env_id=ENV, agents=(a0, a1), on_agent_failure="retry"))
     with pytest.raises(ServingError, match="is not host:port"):
         EpisodeRunner(RunConfig(env_id=ENV, agents=(a0, "nowhere"), episodes=1))
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        with pytest.raises(ServingError, match="cannot serve runner metrics on --metrics-port"):
+            EpisodeRunner(RunConfig(env_id=ENV, agents=(a0, a1), episodes=1),
+                          metrics_port=busy.getsockname()[1]).run()
     dead = f"127.0.0.1:{free_port()}"
     with pytest.raises(AgentServiceError, match="did not answer GetSpec"):
         EpisodeRunner(RunConfig(env_id=ENV, agents=(a0, dead), episodes=1, connect_timeout_s=0.5)).run()
