@@ -93,25 +93,29 @@ def winrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def timing(args: argparse.Namespace) -> dict[str, Any]:
-    """Seconds in action inference, env simulation and policy training per iteration, TAD-PPO vs MAPPO."""
+    """Seconds in action inference, env simulation and policy training per env step, TAD-PPO vs MAPPO.
+
+    The two algorithms' iterations alternate, so load from other processes on the shared machine hits
+    both alike; each has its own (warmed-up, JIT-compiled) batched env."""
     out: dict[str, Any] = {"iterations": args.iterations, "results": [], "paper": PAPER_TABLE4}
+    keys = ("inference", "simulation", "training")
     for env_id in args.envs:
-        row: dict[str, Any] = {"env": env_id}
-        for algo in ("tad-ppo", "mappo"):
-            a, cfg = build(algo, env_id, 0, args.set)
+        algos = {name: build(name, env_id, 0, args.set) for name in ("tad-ppo", "mappo")}
+        for a, _ in algos.values():
             a.train_iteration()  # warm-up: JIT compilation of the simulator, allocator
-            tot = {"inference": 0.0, "simulation": 0.0, "training": 0.0}
-            steps = 0
-            for _ in range(args.iterations):
+        row: dict[str, Any] = {"env": env_id}
+        for name, (_, cfg) in algos.items():
+            row[name] = {"env_steps": 0, "num_envs": cfg.env.num_envs, **{k: 0.0 for k in keys}}
+        for _ in range(args.iterations):
+            for name, (a, _) in algos.items():
                 s = a.train_iteration()
-                steps += s.env_steps
-                for k in tot:
-                    tot[k] += s.metrics[f"time/{k}"]
-            tot["whole"] = sum(tot.values())
-            row[algo] = {"env_steps": steps, "num_envs": cfg.env.num_envs, **tot}
-        row["ratio"] = {k: row["tad-ppo"][k] / row["tad-ppo"]["env_steps"]
-                        / (row["mappo"][k] / row["mappo"]["env_steps"]) for k in ("inference", "simulation",
-                                                                                   "training", "whole")}
+                row[name]["env_steps"] += s.env_steps
+                for k in keys:
+                    row[name][k] += s.metrics[f"time/{k}"]
+        for name in algos:
+            row[name]["whole"] = sum(row[name][k] for k in keys)
+        per_step = {name: {k: row[name][k] / row[name]["env_steps"] for k in (*keys, "whole")} for name in algos}
+        row["ratio"] = {k: per_step["tad-ppo"][k] / per_step["mappo"][k] for k in (*keys, "whole")}
         out["results"].append(row)
         print(env_id, {k: round(v, 2) for k, v in row["ratio"].items()}, "paper", PAPER_TABLE4.get(env_id), flush=True)
     return out

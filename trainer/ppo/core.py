@@ -242,7 +242,7 @@ class RecurrentPPOBase:
         return self.value_norm.denormalize(v) if self.opts.value_norm else v
 
     def _tensor(self, x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(x, device=self.device, dtype=dtype)
+        return torch.tensor(x, device=self.device, dtype=dtype)  # a copy: envs may reuse their arrays
 
     def _actor_sequence(
         self, net: AgentNet, ro: Rollout
