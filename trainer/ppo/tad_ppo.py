@@ -1,4 +1,11 @@
-"""TAD-PPO (Ye et al.): PPO on the sequentially transformed MDP (TAD-PPO-T), distilled into decentralized actors (TAD-PPO)."""
+"""TAD-PPO (Ye et al.): PPO on the sequentially transformed MDP (TAD-PPO-T), distilled into decentralized actors (TAD-PPO).
+
+Choices the paper leaves open, made here: the distillation (Eq. 6) runs alongside the transformation
+stage on every rollout (the paper reports both policies over training), with the sampled joint actions
+as targets; the critic is an MLP over the global state (+ agent id, + attention over ``a_<i``), not a
+GRU; the GRU of the actor runs once per env step for all agents and only the attention and the head
+run agent after agent, so action inference costs less than the paper's ``n``-fold (Table 4).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
