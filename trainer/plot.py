@@ -130,6 +130,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, source: str = "eval",
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is for everyone to read
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, out)
