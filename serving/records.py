@@ -249,7 +249,7 @@ def find_records(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.glob(f"*{RECORD_SUFFIX}"))
+            found = sorted(f for f in p.glob(f"*{RECORD_SUFFIX}") if not f.name.startswith("."))  # skip temp files
             if not found:
                 raise RecordError(f"{p}: no episode records (*{RECORD_SUFFIX}) in this directory")
             out.extend(found)

@@ -57,6 +57,7 @@ def test_round_trip_is_exact_and_atomic(tmp_path):
     assert (back.seed, back.episode_index, back.source) == (7, 2, rec.source)
     header = json.loads(gzip.decompress(path.read_bytes()))
     assert (header["format"], header["version"]) == ("marlctl.episode", 1)
+    (path.parent / f".tmp-crashed{RECORD_SUFFIX}").write_bytes(b"partial")  # a writer killed mid-write
     assert find_records([path.parent]) == [path]
 
 
