@@ -17,7 +17,8 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Seed of every RNG (default 0)."),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (default auto)."),
     out: Path | None = typer.Option(None, "--out", help="Run directory to create (must not exist or be empty)."),
-    config: Path | None = typer.Option(None, "--config", help="TOML or JSON file of [section] key = value."),
+    config: Path | None = typer.Option(None, "--config", help="TOML or JSON file: one table per section (run, env, agent, replay, "
+                                      "exploration, optim, learner, algo) of key = value."),
     set_: list[str] = typer.Option([], "--set", help="Override one key: section.key=value (repeatable), "
                                    "e.g. --set optim.lr=0.001 --set env.num_envs=16."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its "
