@@ -132,6 +132,7 @@ def report(args: argparse.Namespace) -> None:
     cur = _load(args.out / "curves.json")
     if cur:
         lines += [f"## Didactic games (greedy eval, {cur['steps']} env steps, seeds {cur['seeds']})", "",
+                  f"Command: `python bench/tad.py {' '.join(cur.get('argv', []))}`", "",
                   "| env | TAD-PPO-T (joint) | TAD-PPO (distilled) | MAPPO |", "|---|---|---|---|"]
         for env_id in sorted({r["env"] for r in cur["runs"]}):
             runs = [r for r in cur["runs"] if r["env"] == env_id]
@@ -161,7 +162,9 @@ def report(args: argparse.Namespace) -> None:
         lines.append("")
     win = _load(args.out / "winrate.json")
     if win:
-        lines += [f"## Win rate after {win['steps']} env steps", "", "| env | algo | seed | win rate | return |",
+        lines += [f"## Win rate after {win['steps']} env steps", "",
+                  f"Command: `python bench/tad.py {' '.join(win.get('argv', []))}`", "",
+                  "| env | algo | seed | win rate | return |",
                   "|---|---|---|---|---|"]
         for r in win["results"]:
             lines.append(f"| {r['env']} | {r['algo']} | {r['seed']} | {r['eval/win_rate']:.2f} | "
@@ -172,6 +175,7 @@ def report(args: argparse.Namespace) -> None:
     tim = _load(args.out / "timing.json")
     if tim:
         lines += [f"## Training-time breakdown, TAD-PPO / MAPPO per env step ({tim['iterations']} iterations)", "",
+                  f"Command: `python bench/tad.py {' '.join(tim.get('argv', []))}`", "",
                   "| env | inference | simulation | training | whole | paper (inference, simulation, training, whole) |",
                   "|---|---|---|---|---|---|"]
         for r in tim["results"]:
