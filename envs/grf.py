@@ -187,6 +187,9 @@ def state_of(obs_NO: np.ndarray) -> np.ndarray:
     return np.concatenate([obs_NO[0], obs_NO[:, ACTIVE].reshape(-1)]).astype(np.float32)
 
 
+# gym 0.25's import/step banners in a worker's stderr; left out when quoting a dead worker's last messages.
+_GYM_NOISE = ("Gym has been unmaintained", "Gymnasium", "migration guide", "new_step_api", "deprecation(")
+
 _LIVE: weakref.WeakSet[_Worker] = weakref.WeakSet()
 
 
@@ -223,7 +226,7 @@ class _Worker:
 
     def send(self, msg: tuple) -> None:
         if not self.alive():
-            raise self._dead("before " + msg[0])
+            raise self._dead(msg[0])
         try:
             self.conn.send(msg)
         except OSError as exc:
@@ -259,7 +262,10 @@ class _Worker:
         tail = ""
         if not self._stderr.closed:
             self._stderr.seek(0)
-            lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+            lines = [
+                ln for ln in self._stderr.read().decode(errors="replace").splitlines()
+                if ln.strip() and not any(noise in ln for noise in _GYM_NOISE)
+            ]
             tail = "\n".join(lines[-5:])
         self.close()
         return EngineWorkerError(
@@ -396,13 +402,17 @@ class GRFBatchedEnv(LoopBatchedEnv):
         if self._avail is None:
             raise EpisodeOverError(f"{self.spec.env_id}: call reset() before step()")
         actions_BN = validate_actions(actions, self._avail, self.spec)  # the whole batch, before any engine steps
-        for env, a in zip(self.envs, actions_BN, strict=True):
-            env.send_step(a)
-        finals = [env.recv_step() for env in self.envs]
-        for env, ts in zip(self.envs, finals, strict=True):
-            if ts.done:
-                env.send_reset()
-        nexts = [env.recv_reset() if ts.done else ts for env, ts in zip(self.envs, finals, strict=True)]
+        try:
+            for env, a in zip(self.envs, actions_BN, strict=True):
+                env.send_step(a)
+            finals = [env.recv_step() for env in self.envs]
+            for env, ts in zip(self.envs, finals, strict=True):
+                if ts.done:
+                    env.send_reset()
+            nexts = [env.recv_reset() if ts.done else ts for env, ts in zip(self.envs, finals, strict=True)]
+        except EngineWorkerError:
+            self.close()  # the other workers may hold unread answers: this batch cannot continue in step
+            raise
         out = self._stack(nexts, finals)
         self._avail = out.avail
         return out

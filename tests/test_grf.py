@@ -153,9 +153,15 @@ def test_batched_workers_auto_reset_and_replay_single_envs() -> None:
         victim = batched.envs[1]._worker
         os.kill(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait(timeout=30)
-        with pytest.raises(grf.EngineWorkerError, match="died"):
+        survivor = batched.envs[0]._worker
+        with pytest.raises(grf.EngineWorkerError, match=r"died \(exit code -9\) during step"):
             batched.step(rng.integers(0, 19, size=(2, 3)))
-        workers = [e._worker for e in batched.envs if e._worker is not None]
+        assert survivor.proc.poll() is not None, "a broken batch stops its other workers too"
+        with pytest.raises(EpisodeOverError, match="reset"):
+            batched.step(rng.integers(0, 19, size=(2, 3)))
+        bs = batched.reset(SEED)  # a reset starts fresh workers
+        np.testing.assert_array_equal(bs.obs, history[0].obs)
+        workers = [e._worker for e in batched.envs]
     finally:
         batched.close()
         single.close()
