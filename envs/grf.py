@@ -43,7 +43,7 @@ engine seed ``SeedSequence([stream_seed, k])`` (``game_engine_random_seed``) and
 ``reverse_team_processing=False``; the same seed and actions replayed the same episode bit for
 bit (every observation, reward and ending), in the same process and across processes: two
 fresh engines per scenario, two episodes each (seeded, then continued), random actions, on all
-11 academy scenarios above (``/tmp`` measurement of 06:32 UTC 2026-11-21, 45..300 steps each). The seeding contract of :mod:`marlctl.envs.vector` holds: ``reset(seed, index=b)``
+11 academy scenarios above (measured 2026-11-21, 45..300 steps per scenario). The seeding contract of :mod:`marlctl.envs.vector` holds: ``reset(seed, index=b)``
 of a single env replays batched environment ``b``.
 
 Batched form: ``B`` engines in ``B`` worker processes (:mod:`marlctl.envs.grf_worker`,
