@@ -146,8 +146,8 @@ def availability() -> tuple[bool, str]:
 
 
 _INSTALL_HINT = (
-    "the Google Research Football engine is not installed: pip install 'gfootball==2.10.2' "
-    "(needs SDL2/Boost system libraries, see scripts/setup.sh)"
+    "the Google Research Football engine is not installed: pip install 'marlctl[grf]' (gfootball==2.10.2, "
+    "built from source; it needs the SDL2/Boost system libraries, see scripts/setup.sh)"
 )
 
 
