@@ -129,7 +129,15 @@ def report(args: argparse.Namespace) -> None:
     import numpy as np
 
     lines = ["# TAD-PPO benchmark", ""]
-    cur = _load(args.out / "curves.json")
+    for cur_path in sorted(args.out.glob("curves*.json")):
+        lines += _curves_section(args, cur_path, plt, np)
+    _rest(args, lines)
+
+
+def _curves_section(args: argparse.Namespace, cur_path: Path, plt: Any, np: Any) -> list[str]:
+    lines: list[str] = []
+    cur = _load(cur_path)
+    tag = cur_path.stem.removeprefix("curves").lstrip("_")
     if cur:
         lines += [f"## Didactic games (greedy eval, {cur['steps']} env steps, seeds {cur['seeds']})", "",
                   f"Command: `python bench/tad.py {' '.join(cur.get('argv', []))}`", "",
@@ -154,12 +162,16 @@ def report(args: argparse.Namespace) -> None:
             ax.set_ylabel("greedy eval return")
             ax.set_title(env_id)
             ax.legend()
-            png = args.out / f"curve_{env_id.replace(':', '_').replace(',', '_')}.png"
+            png = args.out / f"curve_{env_id.replace(':', '_').replace(',', '_')}{'_' + tag if tag else ''}.png"
             fig.savefig(png, dpi=100, bbox_inches="tight")
             plt.close(fig)
             lines.append(f"| {env_id} | {cells.get('TAD-PPO-T', '-')} | {cells.get('TAD-PPO', '-')} | "
                          f"{cells.get('MAPPO', '-')} |")
         lines.append("")
+    return lines
+
+
+def _rest(args: argparse.Namespace, lines: list[str]) -> None:
     win = _load(args.out / "winrate.json")
     if win:
         lines += [f"## Win rate after {win['steps']} env steps", "",
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations per algorithm (timing)")
     p.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
+    p.add_argument("--tag", default="", help="suffix of the section's JSON file (keeps several curve settings)")
     args = p.parse_args(argv)
     import torch
 
@@ -219,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args.envs = args.envs or defaults[args.section]
     result = {"curves": curves, "winrate": winrate, "timing": timing}[args.section](args)
     result["argv"] = sys.argv[1:]
-    atomic_write(args.out / f"{args.section}.json", json.dumps(result, indent=1))
+    name = f"{args.section}_{args.tag}" if args.tag else args.section
+    atomic_write(args.out / f"{name}.json", json.dumps(result, indent=1))
     return 0
 
 
