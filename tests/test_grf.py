@@ -14,6 +14,8 @@ from marlctl.envs.errors import EnvOptionError, EpisodeOverError, InvalidActionE
 
 pytest.importorskip("gfootball", reason="the GRF engine (gfootball) is not installed")
 
+pytestmark = pytest.mark.grf  # needs the Google Research Football engine
+
 SEED = 11
 RIGHT, SHOT = grf.ACTION_NAMES.index("right"), grf.ACTION_NAMES.index("shot")
 
