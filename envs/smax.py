@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +35,9 @@ from marlctl.envs.errors import (
     BackendUnavailableError,
     EnvOptionError,
     EpisodeOverError,
-    InvalidActionError,
     UnknownEnvError,
 )
+from marlctl.envs.vector import validate_actions
 
 # Every scenario jaxmarl 0.2.0 registers in jaxmarl.environments.smax.smax_env.MAP_NAME_TO_SCENARIO.
 MAPS: tuple[str, ...] = (
@@ -158,6 +160,33 @@ def _import_jax() -> tuple[Any, Any, Any, Any]:
     return jax, jnp, HeuristicEnemySMAX, map_name_to_scenario
 
 
+_CORES: dict[SmaxConfig, SmaxCore] = {}
+
+
+def shared_core(config: SmaxConfig) -> SmaxCore:
+    """The process-wide ``SmaxCore`` of a configuration: every env of the same map shares its compiled
+    functions, so a second env (an eval env, a runner slot, a replay) does not compile again."""
+    core = _CORES.get(config)
+    if core is None:
+        core = _CORES[config] = SmaxCore(config)
+    return core
+
+
+def _enable_compilation_cache(jax: Any) -> None:
+    """Keep XLA executables on disk across processes (a SMAX map compiles in seconds to tens of seconds;
+    tests, runner slots and CLI commands would otherwise pay it every time). ``MARLCTL_JAX_CACHE`` sets
+    the directory; an empty value turns the cache off."""
+    path = os.environ.get("MARLCTL_JAX_CACHE", str(Path.home() / ".cache" / "marlctl" / "jax"))
+    if not path or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except (OSError, AttributeError):  # read-only home or a JAX without the option: just compile
+        pass
+
+
 class SmaxCore:
     """The jitted pure functions of one SMAX configuration, shared by the single and batched env.
 
@@ -169,6 +198,7 @@ class SmaxCore:
 
     def __init__(self, config: SmaxConfig) -> None:
         jax, jnp, heuristic_enemy_smax, map_name_to_scenario = _import_jax()
+        _enable_compilation_cache(jax)
         self.config = config
         self.jax = jax
         self.env = heuristic_enemy_smax(
@@ -279,37 +309,11 @@ class SmaxCore:
         )
 
 
-def check_actions(actions: Any, avail: np.ndarray, where: str) -> np.ndarray:
-    """Validate integer actions ``[..., N]`` against an avail mask ``[..., N, A]``; vectorized."""
-    arr = np.asarray(actions)
-    shape = avail.shape[:-1]
-    n_actions = avail.shape[-1]
-    if arr.shape != shape:
-        raise InvalidActionError(f"{where}: actions must have shape {shape}, got {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise InvalidActionError(f"{where}: actions must be integers, got dtype {arr.dtype}")
-    out_of_range = (arr < 0) | (arr >= n_actions)
-    if out_of_range.any():
-        idx = tuple(int(i) for i in np.argwhere(out_of_range)[0])
-        raise InvalidActionError(f"{where}: action {int(arr[idx])} at index {idx} is outside [0, {n_actions})")
-    ok = np.take_along_axis(avail, arr[..., None].astype(np.int64), axis=-1)[..., 0]
-    if not ok.all():
-        idx = tuple(int(i) for i in np.argwhere(~ok)[0])
-        valid = np.flatnonzero(avail[idx]).tolist()
-        raise InvalidActionError(
-            f"{where}: action {int(arr[idx])} of agent index {idx} is not available; available actions: {valid}"
-        )
-    return arr.astype(np.int32, copy=False)
-
-
 class SmaxEnv:
     """One SMAX environment; ``reset`` and ``step`` are each one call of one jitted function."""
 
     def __init__(self, config: SmaxConfig, core: SmaxCore | None = None) -> None:
-        self.core = core or SmaxCore(config)
+        self.core = core or shared_core(config)
         self.spec = self.core.spec()
         self._carry: Any = None
         self._k_reset: Any = None
@@ -344,7 +348,7 @@ class SmaxEnv:
         if self._done:
             raise EpisodeOverError("the episode is over (terminated or truncated); call reset")
         assert self._avail is not None
-        acts = check_actions(actions, self._avail, self.spec.env_id)
+        acts = validate_actions(actions, self._avail, self.spec).astype(np.int32)
         stream = self._carry[1]
         self._carry, self._k_reset, views, reward, term, trunc, won, score = self.core.single(
             self._carry, acts, stream, stream, False
@@ -375,7 +379,7 @@ class SmaxBatchedEnv:
     def __init__(self, config: SmaxConfig, num_envs: int, core: SmaxCore | None = None) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise EnvOptionError(f"num_envs must be an integer >= 1, got {num_envs!r}")
-        self.core = core or SmaxCore(config)
+        self.core = core or shared_core(config)
         self.spec = self.core.spec()
         self.num_envs = num_envs
         self._carry: Any = None
@@ -403,7 +407,7 @@ class SmaxBatchedEnv:
         if self._carry is None:
             raise EpisodeOverError("step called before reset; call reset(seed) first")
         assert self._avail is not None
-        acts_BN = check_actions(actions, self._avail, f"{self.spec.env_id} (batched)")
+        acts_BN = validate_actions(actions, self._avail, self.spec).astype(np.int32)
         streams = self._carry[1]
         self._carry, *out = self.core.batched(self._carry, acts_BN, self._no_force, streams, streams)
         return self._batch(*out)
@@ -430,7 +434,7 @@ class SmaxBatchedEnv:
 
 
 _TEAM_RGB = ((40, 110, 230), (220, 50, 50))
-_PX_PER_UNIT = 8
+_PX_PER_UNIT = 12
 
 
 def render_units(core: SmaxCore, inner: Any) -> np.ndarray:
@@ -452,7 +456,7 @@ def render_units(core: SmaxCore, inner: Any) -> np.ndarray:
     for u in range(pos.shape[0]):
         team = 0 if u < env.num_allies else 1
         x, y = pos[u, 0] * scale, (height - pos[u, 1]) * scale  # y up in the game, down in the image
-        r = max(radius[u] * scale, 3.0)
+        r = max(radius[u] * scale, 5.0)
         if not alive[u]:
             draw.line([(x - r, y - r), (x + r, y + r)], fill=(120, 120, 120), width=2)
             draw.line([(x - r, y + r), (x + r, y - r)], fill=(120, 120, 120), width=2)

@@ -1,0 +1,218 @@
+"""Tests of the SMAX family: real jaxmarl SMAX maps, single and batched, seeds, won, errors, render."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from marlctl.envs import smax
+from marlctl.envs.base import BatchedEnv, Env
+from marlctl.envs.errors import EnvOptionError, EpisodeOverError, InvalidActionError, UnknownEnvError
+
+pytest.importorskip("jaxmarl")
+
+
+@pytest.fixture(scope="module")
+def core3m() -> smax.SmaxCore:
+    return smax.SmaxCore(smax.parse_config("3m", {}))
+
+
+def random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
+    """A uniformly random available action per agent; avail ``[..., N, A]`` -> ``[..., N]``."""
+    return np.argmax(rng.random(avail.shape) * avail, axis=-1)
+
+
+def focus_fire(avail_NA: np.ndarray) -> np.ndarray:
+    """Every agent shoots the lowest-index enemy in range, else moves east (towards the enemy)."""
+    attack_NE = avail_NA[:, 5:]
+    first = np.argmax(attack_NE, axis=-1) + 5
+    return np.where(attack_NE.any(-1), first, np.where(avail_NA[:, 1], 1, 4))
+
+
+def test_maps_are_exactly_jaxmarls() -> None:
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+
+    assert set(smax.MAPS) == set(MAP_NAME_TO_SCENARIO)
+    assert smax.FAMILY.scenarios == smax.MAPS
+
+
+@pytest.mark.parametrize("map_name", smax.MAPS)
+def test_every_smax_map_resets_and_steps_batched(map_name: str) -> None:
+    env = smax.make_batched(map_name, {}, 2)
+    assert isinstance(env, BatchedEnv)
+    spec = env.spec
+    b = env.reset(seed=1)
+    assert b.obs.shape == (2, spec.n_agents, spec.obs_dim) and b.obs.dtype == np.float32
+    assert b.state.shape == (2, spec.state_dim) and b.state.dtype == np.float32
+    assert b.avail.shape == (2, spec.n_agents, spec.n_actions) and b.avail.dtype == np.bool_
+    assert b.avail[..., 4].all(), "stop is always available"
+    assert spec.n_actions == 5 + env.core.n_enemies and len(spec.action_names) == spec.n_actions
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        b = env.step(random_actions(rng, b.avail))
+        assert np.isfinite(b.obs).all() and np.isfinite(b.state).all() and np.isfinite(b.reward).all()
+        assert b.reward.shape == b.won.shape == b.terminated.shape == (2,)
+    assert not np.array_equal(b.obs[0], b.obs[1]), "envs (seed, 0) and (seed, 1) must differ"
+
+
+def test_same_seed_same_episode_and_other_seed_differs(core3m: smax.SmaxCore) -> None:
+    env = smax.SmaxEnv(core3m.config, core3m)
+    assert isinstance(env, Env)
+
+    def episode(seed: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(5)
+        ts = env.reset(seed)
+        frames = [np.concatenate([ts.obs.ravel(), ts.state])]
+        while not ts.done:
+            ts = env.step(random_actions(rng, ts.avail))
+            frames.append(np.concatenate([ts.obs.ravel(), ts.state, [ts.reward]]))
+        return frames
+
+    first, second, other = episode(3), episode(3), episode(4)
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_batched_env_b_replays_single_env_stream_across_auto_reset(core3m: smax.SmaxCore) -> None:
+    num_envs, steps = 3, 40
+    batched = smax.SmaxBatchedEnv(core3m.config, num_envs, core3m)
+    singles = [smax.SmaxEnv(core3m.config, core3m) for _ in range(num_envs)]
+    bs = batched.reset(seed=11)
+    ts = [s.reset(11, index=b) for b, s in enumerate(singles)]
+    for b in range(num_envs):
+        np.testing.assert_array_equal(bs.obs[b], ts[b].obs)
+    rng = np.random.default_rng(2)
+    resets = 0
+    for _ in range(steps):
+        acts = random_actions(rng, bs.avail)
+        bs = batched.step(acts)
+        for b, s in enumerate(singles):
+            t = s.step(acts[b])
+            np.testing.assert_array_equal(bs.final_obs[b], t.obs)
+            np.testing.assert_array_equal(bs.final_state[b], t.state)
+            assert bs.reward[b] == np.float32(t.reward)
+            assert (bs.terminated[b], bs.truncated[b], bs.won[b]) == (t.terminated, t.truncated, t.info["won"])
+            if t.done:
+                t = s.reset(None)  # the next episode of the same stream, as the batched auto-reset
+                resets += 1
+            np.testing.assert_array_equal(bs.obs[b], t.obs)
+            np.testing.assert_array_equal(bs.avail[b], t.avail)
+    assert resets >= 2, "random 3m episodes end within 40 steps, so auto-reset was exercised"
+
+
+def test_scripted_focus_fire_wins_3m_and_standing_still_loses(core3m: smax.SmaxCore) -> None:
+    env = smax.SmaxEnv(core3m.config, core3m)
+    ts = env.reset(0)
+    total = 0.0
+    while not ts.done:
+        ts = env.step(focus_fire(ts.avail))
+        total += ts.reward
+    assert ts.terminated and not ts.truncated
+    assert ts.info == {"won": True, "score": 1.0}
+    assert total > 1.0, "won battle bonus (1) plus damage dealt"
+
+    ts = env.reset(0)
+    stop = np.full(env.spec.n_agents, 4)
+    while not ts.done:
+        ts = env.step(stop)
+    assert ts.terminated and not ts.info["won"] and ts.info["score"] == 0.0
+    assert not ts.avail[:, :4].any() and ts.avail[:, 4].all(), "dead units may only stop"
+
+
+def test_episode_limit_option_truncates() -> None:
+    env = smax.make("3m", {"limit": "3"})
+    assert env.spec.episode_limit == 3 and env.spec.env_id == "smax:3m,limit=3"
+    ts = env.reset(0)
+    stop = np.full(env.spec.n_agents, 4)
+    for _ in range(3):
+        assert not ts.done
+        ts = env.step(stop)
+    assert ts.truncated and not ts.terminated and not ts.info["won"]
+    with pytest.raises(EpisodeOverError, match="call reset"):
+        env.step(stop)
+
+
+def test_invalid_actions_are_refused_with_what_is_valid(core3m: smax.SmaxCore) -> None:
+    env = smax.SmaxEnv(core3m.config, core3m)
+    with pytest.raises(EpisodeOverError, match="before reset"):
+        env.step(np.zeros(3, int))
+    ts = env.reset(0)
+    assert not ts.avail[0, 5:].any(), "enemies start out of range"
+    with pytest.raises(InvalidActionError, match=r"agent 0 chose action 5, not available now; valid actions for this "
+                       r"agent now: \[0 \(move_north\), 1 \(move_east\), 2 \(move_south\), 3 \(move_west\), 4 \(stop\)\]"):
+        env.step(np.array([5, 4, 4]))
+    with pytest.raises(InvalidActionError, match="agent 0 chose action 8, out of range"):
+        env.step(np.array([8, 4, 4]))
+    with pytest.raises(InvalidActionError, match="shape"):
+        env.step(np.array([4, 4]))
+    with pytest.raises(InvalidActionError, match="integers"):
+        env.step(np.array([4.5, 4, 4]))
+    env.step(np.array([4.0, 1, 4]))  # whole floats are accepted
+    batched = smax.SmaxBatchedEnv(core3m.config, 2, core3m)
+    b = batched.reset(0)
+    bad = np.full((2, 3), 4)
+    bad[1, 2] = 6
+    with pytest.raises(InvalidActionError, match=r"environment 1, agent 2 chose action 6"):
+        batched.step(bad)
+    assert b.obs.shape == (2, 3, 75)
+
+
+def test_bad_ids_name_the_valid_choices() -> None:
+    with pytest.raises(UnknownEnvError, match="valid maps: 3m, 2s3z"):
+        smax.make("4m", {})
+    with pytest.raises(UnknownEnvError, match="needs a map"):
+        smax.make(None, {})
+    with pytest.raises(EnvOptionError, match=r"valid options: \['enemy', 'limit'\]"):
+        smax.make("3m", {"foo": "1"})
+    with pytest.raises(EnvOptionError, match="limit"):
+        smax.make("3m", {"limit": "0"})
+    with pytest.raises(EnvOptionError, match="closest, random"):
+        smax.make("3m", {"enemy": "weakest"})
+    with pytest.raises(EnvOptionError, match="num_envs"):
+        smax.make_batched("3m", {}, 0)
+
+
+def test_render_draws_both_teams(core3m: smax.SmaxCore) -> None:
+    env = smax.SmaxEnv(core3m.config, core3m)
+    env.reset(0)
+    img = env.render()
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    blue = (img[..., 2] > 200) & (img[..., 0] < 80)
+    red = (img[..., 0] > 200) & (img[..., 2] < 80)
+    assert blue.sum() > 100 and red.sum() > 100
+    assert np.asarray(blue.nonzero()[1]).mean() < np.asarray(red.nonzero()[1]).mean(), "allies start west"
+
+
+def test_batched_views_are_numpy_and_shareable_by_dlpack(core3m: smax.SmaxCore) -> None:
+    torch = pytest.importorskip("torch")
+    batched = smax.SmaxBatchedEnv(core3m.config, 2, core3m)
+    b = batched.reset(0)
+    assert all(isinstance(x, np.ndarray) for x in (b.obs, b.state, b.avail, b.reward, b.final_obs))
+    shared = torch.from_dlpack(batched.last_device_arrays[0])
+    np.testing.assert_array_equal(shared.numpy(), b.obs)
+
+
+def test_quiet_import_keeps_stdout_and_prints_nothing() -> None:
+    code = (
+        "import io, sys\n"
+        "mine = io.StringIO(); sys.stdout = mine\n"
+        "from marlctl.envs import smax\n"
+        "smax._import_jax()\n"
+        "assert sys.stdout is mine, 'sys.stdout was replaced'\n"
+        "sys.__stdout__.write('captured=' + repr(mine.getvalue()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "captured=''"
+
+
+def test_envs_of_one_map_share_their_compiled_core() -> None:
+    """A second env of the same configuration (eval env, runner slot, replay) must not compile again."""
+    from marlctl.envs import make_batched_env, make_env
+
+    a, b = make_env("smax:3m"), make_env("smax:3m")
+    assert a.core is b.core is make_batched_env("smax:3m", 2).core
+    assert make_env("smax:3m,limit=50").core is not a.core  # another configuration, another program
