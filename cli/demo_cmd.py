@@ -157,7 +157,7 @@ def _summary(workdir: Path, run_dir: Path, model_dir: Path, records: list[Path],
                       f"win rate {evals[-1].get('eval/win_rate', 0.0):.2f}")
     verif = manifest.get("verification", {})
     if verif:
-        table.add_row("export parity (ORT vs PyTorch)", f"max |Δscore| {verif.get('max_abs_diff', float('nan')):.2e}, "
+        table.add_row("export parity (ORT vs PyTorch)", f"max |Δscore| {verif.get('max_abs_diff_scores', float('nan')):.2e}, "
                       f"action agreement {verif.get('action_agreement', float('nan')):.3f}")
     table.add_row("live episodes via gRPC", f"{len(outcomes)}: mean return {sum(returns) / len(returns):.3f}, "
                   f"win rate {sum(wins) / len(wins):.2f}, degraded {degraded}")
