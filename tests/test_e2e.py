@@ -161,11 +161,22 @@ def _assert_sane(records: list, limit: int) -> None:
                                                           rec.actions_TN].all()  # only available actions applied
 
 
+def _train_tiny_and_export(algo: str, env_id: str, tmp: Path, *sets: str) -> Path:
+    """`marlctl train` a few hundred steps, then `marlctl export`: the path a user takes, at a tiny budget."""
+    run_dir, model = tmp / "run", tmp / "model"
+    overrides = [a for kv in ("run.progress=false", "run.eval_episodes=2", *sets) for a in ("--set", kv)]
+    _marlctl("train", "--algo", algo, "--env", env_id, "--steps", "300", "--seed", "0", "--out", str(run_dir),
+             *overrides)
+    _marlctl("export", str(run_dir), "--out", str(model))
+    assert json.loads((model / "manifest.json").read_text())["algorithm"] == algo
+    return model
+
+
 @pytest.mark.slow
-def test_smax_3m_export_serve_run_replay(tmp_path):
-    # An untrained (seeded) team: the trained path is covered on matrix:qtran above; here the point is SMAX
-    # through the services - outcome fields sane and identical on replay - and one JIT of the env per process.
-    model = export_random_team("smax:3m", tmp_path / "model")
+def test_smax_3m_train_export_serve_run_replay(tmp_path):
+    # A tiny QTRAN-alt run (outcome, not win rate, is the point): SMAX through the services, outcome fields
+    # sane and identical on replay, and one JIT of the env per process.
+    model = _train_tiny_and_export("qtran-alt", "smax:3m", tmp_path, "env.num_envs=8")
     records = _run_and_replay_in_process(model, "smax:3m", 3, tmp_path, episodes=2, concurrency=2)
     _assert_sane(records, limit=100)
     for rec in records:
@@ -184,12 +195,13 @@ def _family_installed(name: str) -> tuple[bool, str]:
 
 @pytest.mark.slow
 @pytest.mark.grf
-def test_grf_academy_export_serve_run_replay(tmp_path):
+def test_grf_academy_train_export_serve_run_replay(tmp_path):
     installed, note = _family_installed("grf")
     if not installed:
         pytest.skip(f"Google Research Football not available: {note}")
     env_id = "grf:academy_3_vs_1_with_keeper"
-    model = export_random_team(env_id, tmp_path / "model")
+    # TAD-PPO's distilled decentralized actors are what gets exported and served here.
+    model = _train_tiny_and_export("tad-ppo", env_id, tmp_path, "env.num_envs=2")
     # Two episodes at once: two football engines in this process, each on its own slot thread.
     records = _run_and_replay_in_process(model, env_id, 3, tmp_path, episodes=2, concurrency=2)
     from marlctl.envs import env_spec
