@@ -115,14 +115,17 @@ def list_families() -> list[tuple[EnvFamily, bool, str]]:
             rows.append((EnvFamily(name=name, summary="(module not available)"), False, str(exc)))
             continue
         backend = family.backend_module
-        if backend is None:
+        # A family that knows best what it needs (smac: the git package, the game, SC2PATH) says so itself;
+        # a bare "needs Python package 'smac'" would point users at the unrelated PyPI package of that name.
+        note = getattr(importlib.import_module(module_name), "availability", None)
+        if callable(note):
+            rows.append((family, *note()))
+        elif backend is None:
             rows.append((family, True, "pure NumPy"))
         elif importlib.util.find_spec(backend.split(".")[0]) is None:
             rows.append((family, False, f"needs Python package {backend!r} (not installed)"))
         else:
-            note = getattr(importlib.import_module(module_name), "availability", None)
-            ok, why = note() if callable(note) else (True, f"backend {backend} installed")
-            rows.append((family, ok, why))
+            rows.append((family, True, f"backend {backend} installed"))
     return rows
 
 

@@ -198,3 +198,5 @@ def test_smac_missing_backend_says_what_to_install(monkeypatch: pytest.MonkeyPat
     assert "smac" not in sys.modules
     row = {fam.name: (ok, note) for fam, ok, note in list_families()}["smac"]
     assert row[0] is False
+    # `envs list` names the git package and warns off the unrelated PyPI `smac`, not "needs package 'smac'".
+    assert "github.com/oxwhirl/smac" in row[1] and "unrelated" in row[1] and "SC2PATH" in row[1]
