@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from marlctl.envs import drawing
-from marlctl.envs.base import BatchedEnv, Env, EnvFamily, EnvSpec
-from marlctl.envs.errors import EnvOptionError, UnknownEnvError
-from marlctl.envs.vector import GameBatchedEnv, GameEnv, VectorGame
+from marlctl.envs.base import EnvFamily, EnvSpec
+from marlctl.envs.errors import EnvOptionError
+from marlctl.envs.vector import VectorGame, options_game_factories
 
 # QTRAN App. C.1: (mu_k, sigma_k) per domain setting.
 DOMAINS: dict[int, tuple[tuple[float, float], ...]] = {
@@ -110,22 +110,4 @@ class GaussianSqueezeGame(VectorGame):
         return img
 
 
-def _config(scenario: str | None, options: dict[str, str]) -> tuple[str, GaussianSqueezeConfig]:
-    from marlctl.envs.registry import config_from_options, format_env_id
-
-    if scenario is not None:
-        raise UnknownEnvError(
-            f"gaussian_squeeze takes no scenario, got {scenario!r}; use e.g. 'gaussian_squeeze:domains=2'"
-        )
-    cfg = config_from_options(GaussianSqueezeConfig, "gaussian_squeeze", options)
-    return format_env_id("gaussian_squeeze", None, options), cfg
-
-
-def make(scenario: str | None, options: dict[str, str]) -> Env:
-    env_id, cfg = _config(scenario, options)
-    return GameEnv(GaussianSqueezeGame(env_id, cfg, 1))
-
-
-def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> BatchedEnv:
-    env_id, cfg = _config(scenario, options)
-    return GameBatchedEnv(GaussianSqueezeGame(env_id, cfg, num_envs))
+make, make_batched = options_game_factories('gaussian_squeeze', GaussianSqueezeConfig, GaussianSqueezeGame, 'gaussian_squeeze:domains=2')

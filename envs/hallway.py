@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from marlctl.envs import drawing
-from marlctl.envs.base import BatchedEnv, Env, EnvFamily, EnvSpec
-from marlctl.envs.errors import EnvOptionError, UnknownEnvError
-from marlctl.envs.vector import GameBatchedEnv, GameEnv, VectorGame
+from marlctl.envs.base import EnvFamily, EnvSpec
+from marlctl.envs.errors import EnvOptionError
+from marlctl.envs.vector import VectorGame, options_game_factories
 
 FAMILY = EnvFamily(
     name="hallway",
@@ -106,21 +106,4 @@ class HallwayGame(VectorGame):
         return img
 
 
-def _config(scenario: str | None, options: dict[str, str]) -> tuple[str, HallwayConfig]:
-    from marlctl.envs.registry import config_from_options, format_env_id
-
-    if scenario is not None:
-        raise UnknownEnvError(
-            f"hallway takes no scenario, got {scenario!r}; use 'hallway' or options like 'hallway:length=5,limit=100'"
-        )
-    return format_env_id("hallway", None, options), config_from_options(HallwayConfig, "hallway", options)
-
-
-def make(scenario: str | None, options: dict[str, str]) -> Env:
-    env_id, cfg = _config(scenario, options)
-    return GameEnv(HallwayGame(env_id, cfg, 1))
-
-
-def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> BatchedEnv:
-    env_id, cfg = _config(scenario, options)
-    return GameBatchedEnv(HallwayGame(env_id, cfg, num_envs))
+make, make_batched = options_game_factories('hallway', HallwayConfig, HallwayGame, 'hallway:length=5,limit=100')

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from marlctl.envs import drawing
-from marlctl.envs.base import BatchedEnv, Env, EnvFamily, EnvSpec
-from marlctl.envs.errors import EnvOptionError, UnknownEnvError
-from marlctl.envs.vector import GameBatchedEnv, GameEnv, VectorGame
+from marlctl.envs.base import EnvFamily, EnvSpec
+from marlctl.envs.errors import EnvOptionError
+from marlctl.envs.vector import VectorGame, options_game_factories
 
 ACTION_NAMES = ("up", "down", "left", "right", "stay", "catch")
 STAY, CATCH = 4, 5
@@ -237,22 +237,4 @@ class PredatorPreyGame(VectorGame):
         return img
 
 
-def _config(scenario: str | None, options: dict[str, str]) -> tuple[str, PredatorPreyConfig]:
-    from marlctl.envs.registry import config_from_options, format_env_id
-
-    if scenario is not None:
-        raise UnknownEnvError(
-            f"predator_prey takes no scenario, got {scenario!r}; use e.g. 'predator_prey:agents=2,prey=1,grid=5'"
-        )
-    cfg = config_from_options(PredatorPreyConfig, "predator_prey", options)
-    return format_env_id("predator_prey", None, options), cfg
-
-
-def make(scenario: str | None, options: dict[str, str]) -> Env:
-    env_id, cfg = _config(scenario, options)
-    return GameEnv(PredatorPreyGame(env_id, cfg, 1))
-
-
-def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> BatchedEnv:
-    env_id, cfg = _config(scenario, options)
-    return GameBatchedEnv(PredatorPreyGame(env_id, cfg, num_envs))
+make, make_batched = options_game_factories('predator_prey', PredatorPreyConfig, PredatorPreyGame, 'predator_prey:agents=2,prey=1,grid=5')

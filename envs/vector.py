@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from marlctl.envs.base import BatchStep, Env, EnvSpec, TimeStep
-from marlctl.envs.errors import EnvError, EpisodeOverError, InvalidActionError
+from marlctl.envs.errors import EnvError, EpisodeOverError, InvalidActionError, UnknownEnvError
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -324,3 +324,28 @@ class LoopBatchedEnv:
         self._avail = None
         for env in self.envs:
             env.close()
+
+
+def options_game_factories(
+    family: str, config_cls: type, game_cls: Callable[..., VectorGame], example: str
+) -> tuple[Callable[[str | None, dict[str, str]], Env], Callable[[str | None, dict[str, str], int], GameBatchedEnv]]:
+    """``make`` and ``make_batched`` of a game family that takes options but no scenario
+    (``hallway``, ``predator_prey:...``, ``gaussian_squeeze:...``): options are parsed into
+    ``config_cls`` and the game is built as ``game_cls(env_id, config, num_envs)``."""
+
+    def configure(scenario: str | None, options: dict[str, str]) -> tuple[str, object]:
+        from marlctl.envs.registry import config_from_options, format_env_id
+
+        if scenario is not None:
+            raise UnknownEnvError(f"{family} takes no scenario, got {scenario!r}; use e.g. {example!r}")
+        return format_env_id(family, None, options), config_from_options(config_cls, family, options)
+
+    def make(scenario: str | None, options: dict[str, str]) -> Env:
+        env_id, cfg = configure(scenario, options)
+        return GameEnv(game_cls(env_id, cfg, 1))
+
+    def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> GameBatchedEnv:
+        env_id, cfg = configure(scenario, options)
+        return GameBatchedEnv(game_cls(env_id, cfg, num_envs))
+
+    return make, make_batched
