@@ -146,7 +146,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"{meta['when']} on {meta['machine']} ({meta['cpus']} CPUs, load avg at start {meta['load']}); "
         f"median of {meta['repeats']} repeats, random available actions.",
-        "Ratio = this row / the bare jaxmarl 3m loop at the same B (B=512 for rows of other B).",
+        "Ratio (SMAX rows) = this row / the bare jaxmarl 3m loop at the same B (B=512 for rows of other B).",
         "",
         "| env | API | B | env-steps/s | ratio to bare jaxmarl | setup s |",
         "|---|---|---:|---:|---:|---:|",
@@ -158,7 +158,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"| {r['name']} | {api} | {b} | error: {r['error']} | | |")
             continue
         ref_b = base.get(r["num_envs"], ref)
-        ratio = f"{r['env_steps_per_s'] / ref_b:.2f}" if ref_b else ""
+        ratio = f"{r['env_steps_per_s'] / ref_b:.2f}" if ref_b and r["name"].startswith("smax:") else ""
         lines.append(f"| {r['name']} | {api} | {b} | {r['env_steps_per_s']:,.0f} | {ratio} | {r['setup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
