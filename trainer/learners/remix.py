@@ -14,8 +14,7 @@ uniform rows 1 (the paper gives no value for the ratio; ours is a stated default
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -36,23 +35,10 @@ __all__ = ["REMIX", "RemixLearner", "RemixOptions", "remix_weights"]
 
 
 @dataclass(frozen=True)
-class RemixOptions:
-    """ReMIX's own options (the ``[algo]`` section)."""
+class RemixOptions(RemixWeightConfig):
+    """ReMIX's own options (the ``[algo]`` section): the weight settings of ``RemixWeightConfig``
+    (w_min, the four ablation switches, normalization, temperature, ...) plus the ones below."""
 
-    w_min: float = 0.1
-    """Weights are mapped into [w_min, 1]; overestimates get w_min (§5.4: 0.1 is best)."""
-    bellman_error: bool = True
-    """Bellman-error factor on (ablation switch, §5.5)."""
-    underestimation: bool = True
-    """Value-underestimation factor on (ablation switch)."""
-    mixer_gradient: bool = True
-    """Mixer-gradient factor on (ablation switch)."""
-    on_policy: bool = True
-    """On-policiness factor on (ablation switch; off also stops drawing recent episodes)."""
-    normalization: Literal["mean", "max"] = "mean"
-    """Estimate of the normalizer Z*: batch mean of the raw weights (E_mu[w] = 1) or their maximum."""
-    temperature: float = 1.0
-    """Temperature of the agents' Boltzmann policies pi^j."""
     recent_episodes: int = 64
     """Size of the "recent transitions" window: the most recently stored episodes."""
     recent_batch_size: int = 8
@@ -74,10 +60,7 @@ class RemixOptions:
                                    "algo.on_policy_ratio > 0")
 
     def weight_config(self) -> RemixWeightConfig:
-        return RemixWeightConfig(w_min=self.w_min, bellman_error=self.bellman_error,
-                                 underestimation=self.underestimation, mixer_gradient=self.mixer_gradient,
-                                 on_policy=self.on_policy, normalization=self.normalization,
-                                 temperature=self.temperature)
+        return RemixWeightConfig(**{f.name: getattr(self, f.name) for f in fields(RemixWeightConfig)})
 
 
 @dataclass
