@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from marlctl.agents import onnx_io
 from marlctl.agents.errors import ModelError
+from marlctl.agents.files import atomic_write_bytes
 from marlctl.agents.recurrent import AgentNet, GreedyAgentPolicy
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -272,7 +273,7 @@ def _export_one(net: AgentNet, index: int, path: Path, opset: int, metadata: dic
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
-    onnx_io.atomic_write_bytes(path, model.SerializeToString())
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def _restore_pruned_inputs(model, hidden_dim: int) -> None:

@@ -12,11 +12,10 @@ model contract"; ``B`` is a dynamic batch dim)::
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from marlctl.agents import files
 
 INPUT_NAMES = ("obs", "prev_action", "avail_actions", "hidden")
 OUTPUT_NAMES = ("action", "scores", "hidden_out")
@@ -65,24 +64,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same dir, fsync, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are read by other users (containers)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Manifests are written with sorted keys (stable diffs, stable hashes of the JSON)."""
+    files.atomic_write_json(path, obj, sort_keys=True)
+
 
 
 def manifest_problems(manifest: Any) -> list[str]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from marlctl.agents.files import atomic_path, atomic_write_text
 
 QTRAN_ENV = "predator_prey:agents=2,prey=1,grid=5,punishment={p},reward=1,limit=100"
 REMIX_ENV = "predator_prey:agents=4,prey=2,grid=7,punishment={p},reward=10,limit=100"
@@ -117,11 +118,9 @@ def plot(results: list[dict], path: Path) -> None:
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def summarize(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -177,14 +176,6 @@ def verdict(summary: dict) -> str:
     return "\n".join(out)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60000)
@@ -223,9 +214,9 @@ def main() -> None:
                        f"{' '.join(map(str, args.seeds))} --parts {' '.join(args.parts)} --punishments "
                        f"{' '.join(map(str, args.punishments))}" + (f" --tag {args.tag}" if args.tag else ""),
             "png": f"{name}.png"}
-    atomic_write(args.out / f"{name}.json", json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    atomic_write_text(args.out / f"{name}.json", json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
     plot(results, args.out / f"{name}.png")
-    atomic_write(args.out / f"{name}.md", markdown(meta, summary))
+    atomic_write_text(args.out / f"{name}.md", markdown(meta, summary))
     print(f"wrote {args.out}/{name}.{{json,md,png}}")
 
 

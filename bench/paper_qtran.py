@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from marlctl.agents.files import atomic_write_text
 
 PAYOFF = [[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]]  # Table 1a; rows agent 1, columns agent 2
 ACTIONS = "ABC"
@@ -137,14 +138,6 @@ def verdict(runs: dict) -> str:
     return "\n".join(out)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algos", nargs="+", default=["qtran-base", "qtran-alt", "vdn", "qmix", "ow-qmix", "remix"])
@@ -170,8 +163,8 @@ def main() -> None:
                       *map(str, args.seeds), "--algos", *args.algos])},
         "paper": PAPER, "payoff": PAYOFF, "runs": runs, "verdict": verdict(runs),
     }
-    atomic_write(args.out / "paper_qtran.json", json.dumps(results, indent=1))
-    atomic_write(args.out / "paper_qtran.md", markdown(results))
+    atomic_write_text(args.out / "paper_qtran.json", json.dumps(results, indent=1))
+    atomic_write_text(args.out / "paper_qtran.md", markdown(results))
     print(f"wrote {args.out / 'paper_qtran.json'} and {args.out / 'paper_qtran.md'}")
 
 

@@ -14,7 +14,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from marlctl.agents.onnx_io import MANIFEST_NAME, atomic_write_bytes
+from marlctl.agents.files import atomic_write_bytes
+from marlctl.agents.onnx_io import MANIFEST_NAME
 from marlctl.deploy.errors import ModelFetchError
 from marlctl.deploy.model_check import ModelInfo, is_sha256_hex, load_model_dir, parse_manifest_bytes
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from marlctl.agents.files import atomic_write_bytes
 from marlctl.serving.errors import ServingError
 
 RECORD_FORMAT = "marlctl.episode"
@@ -155,14 +154,7 @@ def save_record(record: EpisodeRecord, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / record_filename(record.episode_index, record.seed)
     payload = json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=RECORD_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            gz.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, gzip.compress(payload, mtime=0))
     return path
 
 

@@ -11,13 +11,12 @@ over decisions the agent itself made (fallback decisions are excluded).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from marlctl.agents.files import atomic_path
 from marlctl.serving.errors import ServingError
 from marlctl.serving.records import EpisodeRecord
 
@@ -174,16 +173,9 @@ def write_gif(frames: list[np.ndarray], path: str | Path, fps: float = 8.0) -> P
     path = Path(path)
     if path.suffix.lower() != ".gif":
         raise ServingError(f"--render {path}: the output must be a .gif file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         imageio.mimsave(tmp, [np.asarray(f, dtype=np.uint8) for f in frames], format="GIF",
                         duration=1.0 / fps, loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

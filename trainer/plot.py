@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from marlctl.agents.files import atomic_path
 from marlctl.trainer.errors import ConfigValueError, RunDirError, TrainerError
 
 SOURCES = ("eval", "train")
@@ -127,14 +126,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, source: str = "eval",
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title or f"{source} curves")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is for everyone to read
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
     return PlotResult(out, lines)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from marlctl.agents.bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
 from marlctl.agents.errors import ModelError
+from marlctl.agents.files import atomic_write_bytes, atomic_write_json
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer.algorithm import Algorithm
 from marlctl.trainer.config import TrainConfig, algorithm_spec, check_against_env, from_sections
@@ -33,26 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 # ------------------------------------------------------------------ files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in ``path``'s folder, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; run files are meant to be read by export/serving users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def resolve_device(name: str) -> torch.device:
