@@ -157,9 +157,9 @@ def test_transformed_discount_is_gamma_to_the_one_over_n() -> None:
 def _biased_run(algo_name: str, seed: int) -> float:
     """Both agents start biased toward the local optimum (1, 1) of matrix:tad (P(action 1) ~ 0.5)."""
     algo = build(algo_name, "matrix:tad", "algo.epochs=15", "optim.lr=5e-3", seed=seed)
-    head = algo.actor.coord_head[-1] if algo_name == "tad-ppo" else algo.actor.head
+    bias = algo.actor.coord_head.b2 if algo_name == "tad-ppo" else algo.actor.head.bias  # [N, A] or [A]
     with torch.no_grad():
-        head.bias.copy_(torch.tensor([0.0, 0.7, 0.0]))
+        bias.copy_(torch.tensor([0.0, 0.7, 0.0]).expand_as(bias))
     for _ in range(40):
         algo.train_iteration()
     return algo.evaluate(16)["eval/return"]  # decentralized execution for both
@@ -175,19 +175,63 @@ def test_tad_ppo_escapes_the_local_optimum_that_traps_mappo() -> None:
     assert sum(r == pytest.approx(10.0) for r in tad) >= 2, tad
 
 
-def test_hallway_tad_ppo_reaches_the_far_goal_where_mappo_stays_near() -> None:
+def _hallway_return(name: str, seed: int) -> dict[str, float]:
+    algo = build(name, "hallway", "env.num_envs=16", "algo.epochs=15", "optim.lr=5e-3", "algo.critic_lr=5e-3",
+                 seed=seed)
+    for _ in range(40):  # 40 iterations of 16 episodes
+        algo.train_iteration()
+    return algo.evaluate(16)
+
+
+def test_hallway_tad_ppo_sometimes_reaches_the_far_goal_mappo_never_does() -> None:
     """Appendix E: the optimum is both agents walking to the far goal together (return 5); MA-PG settles at
-    the near goal (4). Small budget (40 iterations of 16 episodes, lr 5e-3, 15 epochs): TAD-PPO finds the
-    optimum at seeds 1 and 4, where MAPPO stays at 4. Over seeds 0-7 at ~3.2k steps (bench/tad.py, tag
-    ``fast``) TAD-PPO reaches 5 on 2 seeds and MAPPO on 1: a weak separation at this budget."""
-    for seed in (1, 4):
-        runs = {}
+    the near goal (4). The paper's claim (TAD-PPO reaches 5) is only partly met at this small budget (40
+    iterations of 16 episodes, lr 5e-3, 15 epochs). Measured over seeds 0-7: TAD-PPO (distilled) 5, 4, -1,
+    4, 5, 4, 4, 4 (2 of 8 reach 5); MAPPO 4 on all 8. Tested on the stated seeds 0-4 (TAD-PPO: at least 2
+    of 5 reach 5) and 0-2 (MAPPO: none above 4)."""
+    tad = [_hallway_return("tad-ppo", seed) for seed in range(5)]
+    assert all(r["eval/return"] == pytest.approx(r["eval/joint_return"]) for r in tad), tad  # distilled = joint
+    assert sum(r["eval/return"] == pytest.approx(5.0) for r in tad) >= 2, [r["eval/return"] for r in tad]
+    mappo = [_hallway_return("mappo", seed)["eval/return"] for seed in range(3)]
+    assert all(r <= 4.0 for r in mappo), mappo
+
+
+def _tad10_greedy_payoffs(algo) -> list[float]:
+    """Greedy payoff of the exported decentralized actor on each of the ten matrices, each agent alone
+    (``GreedyAgentPolicy``, the ONNX contract) on the real env pinned to matrix ``k``."""
+    from marlctl.envs import make_env
+
+    bundle = algo.agent_bundle()
+    net = AgentNet(AgentNetConfig(**bundle["config"]))
+    net.load_state_dict(bundle["state_dict"])
+    net.eval()
+    payoffs = []
+    for k in range(1, 11):
+        env = make_env(f"matrix:tad10,task={k}")
+        ts = env.reset(seed=0)
+        actions = []
+        for i in range(ts.obs.shape[0]):
+            a, _, _ = GreedyAgentPolicy(net, i)(
+                torch.tensor(ts.obs[i : i + 1]), torch.tensor([-1]), torch.tensor(ts.avail[i : i + 1]),
+                torch.zeros(1, net.hidden_dim),
+            )
+            actions.append(int(a))
+        payoffs.append(env.step(np.array(actions)).reward)
+    return payoffs
+
+
+def test_tad10_distilled_policies_beat_mappo_but_miss_the_optimum() -> None:
+    """``matrix:tad10`` (appendix D.1), default hyperparameters, 6.4k env steps, seeds 0-2. Measured (greedy
+    total over the ten matrices, optimum 100): TAD-PPO distilled 85.8, 85.8, 84.8; MAPPO 62.7, 77.5, 80.7.
+    The paper's claim - TAD-PPO reaches 100 - is NOT met (48k steps and other settings: see
+    bench/results/tad/tad.md): the first agent commits to a row before the second agent has learned its best
+    response on the rows the first agent abandons (matrices 1 and 5 are such traps)."""
+    for seed in (0, 1, 2):
+        totals = {}
         for name in ("tad-ppo", "mappo"):
-            algo = build(name, "hallway", "env.num_envs=16", "algo.epochs=15", "optim.lr=5e-3",
-                         "algo.critic_lr=5e-3", seed=seed)
-            for _ in range(40):
+            algo = build(name, "matrix:tad10", seed=seed)
+            while algo.env_steps < 6400:
                 algo.train_iteration()
-            runs[name] = algo.evaluate(16)
-        assert runs["tad-ppo"]["eval/return"] == pytest.approx(5.0), (seed, runs["tad-ppo"])  # distilled
-        assert runs["tad-ppo"]["eval/joint_return"] == pytest.approx(5.0)
-        assert runs["mappo"]["eval/return"] == pytest.approx(4.0), (seed, runs["mappo"])
+            totals[name] = sum(_tad10_greedy_payoffs(algo))
+        assert totals["tad-ppo"] > totals["mappo"] + 3.0, (seed, totals)
+        assert totals["tad-ppo"] >= 84.0, (seed, totals)

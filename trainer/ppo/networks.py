@@ -61,18 +61,57 @@ class CentralCritic(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class AgentwiseMLP(nn.Module):
+    """``n_agents`` independent two-layer MLPs (Linear, ReLU, Linear) evaluated in one batched einsum: agent
+    ``i``'s input goes through agent ``i``'s weights only. ``n_agents = 1`` is one MLP shared by every agent."""
+
+    def __init__(self, n_agents: int, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n_agents, in_dim, hidden_dim))
+        self.b1 = nn.Parameter(torch.zeros(n_agents, hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(n_agents, hidden_dim, out_dim))
+        self.b2 = nn.Parameter(torch.zeros(n_agents, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self, out_gain: float = 1.0) -> None:
+        """Orthogonal weights per agent (ReLU gain on the first layer, ``out_gain`` on the output), zero biases."""
+        for i in range(self.w1.shape[0]):
+            nn.init.orthogonal_(self.w1.data[i].T, gain=nn.init.calculate_gain("relu"))
+            nn.init.orthogonal_(self.w2.data[i].T, gain=out_gain)
+        nn.init.zeros_(self.b1)
+        nn.init.zeros_(self.b2)
+
+    def forward(self, x_BNI: torch.Tensor) -> torch.Tensor:
+        """Every agent at once: ``[B, N, I] -> [B, N, O]`` (agent ``i`` uses weights ``i``, or the shared ones)."""
+        n = x_BNI.shape[1] if self.w1.shape[0] > 1 else 1
+        w1, b1, w2, b2 = (p.expand(x_BNI.shape[1], *p.shape[1:]) if n == 1 else p
+                          for p in (self.w1, self.b1, self.w2, self.b2))
+        z_BNH = F.relu(torch.einsum("bni,nih->bnh", x_BNI, w1) + b1)
+        return torch.einsum("bnh,nho->bno", z_BNH, w2) + b2
+
+    def forward_agent(self, x_BI: torch.Tensor, agent: int) -> torch.Tensor:
+        """One agent: ``[B, I] -> [B, O]``."""
+        k = agent if self.w1.shape[0] > 1 else 0
+        return F.relu(x_BI @ self.w1[k] + self.b1[k]) @ self.w2[k] + self.b2[k]
+
+
 class TADActor(nn.Module):
     """TAD-PPO's actor (Fig. 1): the decentralized ``AgentNet`` (own observation, own previous action,
     agent id -> MLP -> GRU -> head: TAD-PPO's distilled policy ``pi_E``) whose representation layer and
     GRU are shared with the coordination policy ``pi_T(a_i | tau_i, a_<i)`` = head over
-    ``[h_i, attention(h_i, a_<i)]`` (TAD-PPO-T). Only ``decentralized`` is exported and served."""
+    ``[h_i, attention(h_i, a_<i)]`` (TAD-PPO-T). Only ``decentralized`` is exported and served.
 
-    def __init__(self, config: AgentNetConfig, n_heads: int, head_dim: int) -> None:
+    ``per_agent_heads``: each position of the virtual order has its own coordination head. With one head
+    shared by all agents, the later agent's policy follows the earlier agent's marginal (their hidden
+    vectors differ only by the agent id), so it does not learn to respond to ``a_<i`` and the transformed
+    MDP loses the best response it exists for (matrix:tad10: agent 2 copies agent 1's marginal)."""
+
+    def __init__(self, config: AgentNetConfig, n_heads: int, head_dim: int, per_agent_heads: bool = True) -> None:
         super().__init__()
         self.decentralized = AgentNet(config)
         H, A = config.hidden_dim, config.n_actions
         self.attention = PrecedingActionAttention(H, A, config.n_agents, n_heads, head_dim, mlp_dim=H)
-        self.coord_head = nn.Sequential(nn.Linear(H + self.attention.out_dim, H), nn.ReLU(), nn.Linear(H, A))
+        self.coord_head = AgentwiseMLP(config.n_agents if per_agent_heads else 1, H + self.attention.out_dim, H, A)
 
     def encode(
         self, obs_BNO: torch.Tensor, prev_action_BN: torch.Tensor, hidden_BNH: torch.Tensor
@@ -86,7 +125,8 @@ class TADActor(nn.Module):
 
     def coord_logits_agent(self, h_BH: torch.Tensor, preceding_actions_BM: torch.Tensor) -> torch.Tensor:
         """``pi_T`` logits ``[B, A]`` of agent ``M`` given the ``M`` actions already chosen (sequential inference)."""
-        return self.coord_head(torch.cat([h_BH, self.attention.forward_agent(h_BH, preceding_actions_BM)], dim=-1))
+        x_BI = torch.cat([h_BH, self.attention.forward_agent(h_BH, preceding_actions_BM)], dim=-1)
+        return self.coord_head.forward_agent(x_BI, preceding_actions_BM.shape[1])
 
 
 class TADCritic(nn.Module):

@@ -65,6 +65,10 @@ class TADPPOOptions(PPOOptions):
     distill_shares_encoder: bool = True
     """The distillation loss also trains the representation layer and GRU shared with the coordination
     policy (Sec. 5.2: "we share GRU and the representation layer"); False trains only the decentralized head."""
+    per_agent_heads: bool = True
+    """Each position of the virtual order gets its own coordination-policy head (the representation layer,
+    GRU and attention stay shared). With one shared head the later agents mirror the earlier agents'
+    marginal instead of responding to ``a_<i`` (measured on matrix:tad10, bench/results/tad/tad.md)."""
     transform_lambda: bool = True
     """Use lambda^(1/n) per virtual step, so ``gae_lambda`` keeps its meaning per env step (the discount is
     always gamma' = gamma^(1/n), Theorem 5.1)."""
@@ -93,7 +97,7 @@ class TADPPO(RecurrentPPOBase):
         paper_heads, paper_dim = paper_attention_dims(spec.env_id)
         self.n_heads = self.opts.n_heads or paper_heads
         self.head_dim = self.opts.head_dim or paper_dim
-        self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim)
+        self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim, self.opts.per_agent_heads)
         self.critic = TADCritic(spec.state_dim, spec.n_agents, spec.n_actions, self.n_heads, self.head_dim,
                                 self.opts.critic_hidden_dim)
 
@@ -101,7 +105,8 @@ class TADPPO(RecurrentPPOBase):
         return self.actor.decentralized
 
     def _init_weights(self) -> None:
-        mappo_init(self.actor, [(self.actor.decentralized.head, 0.01), (self.actor.coord_head[-1], 0.01)])
+        mappo_init(self.actor, [(self.actor.decentralized.head, 0.01)])
+        self.actor.coord_head.reset_parameters(out_gain=0.01)
         mappo_init(self.critic, [(self.critic.head[-1], 1.0)])
 
     def _act(self, obs_BNO, state_BS, avail_BNA, prev_BN, hidden_BNH, mode):
