@@ -223,9 +223,9 @@ def _tad10_greedy_payoffs(algo) -> list[float]:
 def test_tad10_distilled_policies_beat_mappo_but_miss_the_optimum() -> None:
     """``matrix:tad10`` (appendix D.1), default hyperparameters, 6.4k env steps, seeds 0-2. Measured (greedy
     total over the ten matrices, optimum 100): TAD-PPO distilled 85.8, 85.8, 84.8; MAPPO 62.7, 77.5, 80.7.
-    The paper's claim - TAD-PPO reaches 100 - is NOT met (48k steps and other settings: see
-    bench/results/tad/tad.md): the first agent commits to a row before the second agent has learned its best
-    response on the rows the first agent abandons (matrices 1 and 5 are such traps)."""
+    The paper's claim - TAD-PPO reaches 100 - is NOT met (other budgets and settings:
+    bench/results/tad/tad10_diagnosis.md): the first agent commits to a row before the second agent has learned
+    its best response on the rows the first agent abandons (matrices 1 and 5 are such traps)."""
     for seed in (0, 1, 2):
         totals = {}
         for name in ("tad-ppo", "mappo"):
