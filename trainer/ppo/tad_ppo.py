@@ -4,7 +4,9 @@ Choices the paper leaves open, made here: the distillation (Eq. 6) runs alongsid
 stage on every rollout (the paper reports both policies over training), with the sampled joint actions
 as targets; the critic is an MLP over the global state (+ agent id, + attention over ``a_<i``), not a
 GRU; the GRU of the actor runs once per env step for all agents and only the attention and the head
-run agent after agent, so action inference costs less than the paper's ``n``-fold (Table 4).
+run agent after agent, so action inference costs less than the paper's ``n``-fold (Table 4); each
+position of the virtual order has its own coordination head (``per_agent_heads``: with a shared head
+the later agents mirror the earlier ones instead of responding to their actions).
 """
 from __future__ import annotations
 
