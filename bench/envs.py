@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from marlctl.agents.files import atomic_write_text
 
 BASELINE = "jaxmarl bare vmapped smax 3m"
 
@@ -56,12 +56,6 @@ def cases(quick: bool) -> list[Case]:
     return smax + grf + games
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
@@ -196,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
     }
     out = Path(args.out)
-    _atomic_write(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
-    _atomic_write(out.with_suffix(".md"), to_markdown(rows, meta))
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(out.with_suffix(".md"), to_markdown(rows, meta))
     print(to_markdown(rows, meta))
     return 0
 

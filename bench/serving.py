@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from marlctl.agents.files import atomic_write_text
 
 ENV_ID = "predator_prey:agents=3,prey=2,grid=7"  # obs 77, 6 actions, 3 agents: a realistic small agent
 HIDDEN = 64
@@ -357,9 +358,7 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
         "note": "client and server share the machine's cores; the client is one Python grpc.aio process",
     }
     data = {"meta": meta, "cells": [c.__dict__ for c in cells]}
-    tmp = RESULTS / ".serving.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, RESULTS / "serving.json")
+    atomic_write_text(RESULTS / "serving.json", json.dumps(data, indent=2) + "\n")
     Ks = sorted({c.concurrency for c in cells})
     systems = list(dict.fromkeys(c.system for c in cells))
     by = {(c.system, c.concurrency): c for c in cells}
@@ -391,9 +390,7 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
                                                for k in Ks) + " |")
     lines += ["", "p50/p99 of a service cell = client-side round trip of one decision (observation written to "
               "decision read) while K episodes run; in-process cells time one batched call of K rows.", ""]
-    tmp = RESULTS / ".serving.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, RESULTS / "serving.md")
+    atomic_write_text(RESULTS / "serving.md", "\n".join(lines))
     print("\n".join(lines))
 
 

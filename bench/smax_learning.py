@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from marlctl.agents.files import atomic_write_text
+
 
 def eval_points(run_dir: Path) -> list[dict]:
     out = []
@@ -86,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['wall_s']} | {pts} |")
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"),
                          (".md", "\n".join(md) + "\n")):
-        tmp = out.with_name(out.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out.with_name(out.name + suffix))
+        atomic_write_text(out.with_name(out.name + suffix), text)
     ok = [Path(r["run_dir"]) for r in rows if "error" not in r]
     if ok:
         plot_runs(ok, out.with_name(out.name + ".png"), title=f"{args.env}, {args.steps:,} env steps")

@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from marlctl.agents.files import atomic_write_text
 
 # Table 4 of the paper (TAD-PPO / MAPPO, 1M steps): action inference, env simulation, policy training, whole.
 PAPER_TABLE4 = {
     "smax:3m": {"inference": 3.9, "simulation": 1.01, "training": 1.54, "whole": 1.91},
     "smax:10m_vs_11m": {"inference": 10.0, "simulation": 1.0, "training": 2.72, "whole": 2.76},
 }
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build(algo: str, env_id: str, seed: int, overrides: list[str]):
@@ -198,7 +193,7 @@ def _rest(args: argparse.Namespace, lines: list[str]) -> None:
                          f"{p.get('inference', '-')}, {p.get('simulation', '-')}, {p.get('training', '-')}, "
                          f"{p.get('whole', '-')} |")
         lines.append("")
-    atomic_write(args.out / "tad.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.out / "tad.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -233,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"curves": curves, "winrate": winrate, "timing": timing}[args.section](args)
     result["argv"] = sys.argv[1:]
     name = f"{args.section}_{args.tag}" if args.tag else args.section
-    atomic_write(args.out / f"{name}.json", json.dumps(result, indent=1))
+    atomic_write_text(args.out / f"{name}.json", json.dumps(result, indent=1))
     return 0
 
 

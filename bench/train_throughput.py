@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from marlctl.agents.files import atomic_write_text
+
 
 def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str, overrides: list[str]) -> dict:
     import torch
@@ -140,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows, "rollout": rollout_rows}, indent=2) + "\n"),
                          (".md", to_markdown(rows, meta, rollout_rows))):
-        tmp = out.with_name(out.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out.with_name(out.name + suffix))
+        atomic_write_text(out.with_name(out.name + suffix), text)
     print(to_markdown(rows, meta, rollout_rows))
     return 0 if all("error" not in r for r in rows) else 1
 
