@@ -1,11 +1,14 @@
 """Serving benchmark: decision latency and throughput of the agent service vs in-process baselines.
 
-Systems: our service (``marlctl serve``, bidirectional stream and unary, batching modes), in-process
-ONNX Runtime, in-process PyTorch, and a plain gRPC server calling PyTorch per request (the sync
-``grpc.server`` + thread pool a user would write first). Servers run as separate processes; the
-client is one ``grpc.aio`` process with K concurrent episodes (each a 100-step episode loop:
-observation out, decision back, next observation). In-process baselines at K concurrent episodes
-run one batched call of K rows per step. Writes ``bench/results/serving.{json,md}``.
+Systems: our service (``marlctl serve``: a stream per episode, the multiplexed ``Episodes`` stream the
+runner uses with ``--transport multiplex``, and unary; batching modes), in-process ONNX Runtime,
+in-process PyTorch, a bare ``grpc.aio`` echo stream (no model: the floor of any Python gRPC stream
+here), and a plain gRPC server calling PyTorch per request (the sync ``grpc.server`` + thread pool a
+user would write first). Servers run as separate processes, pinned to core 0 (``--no-pin`` to let
+the OS place them); the client is one ``grpc.aio`` process on the other cores with K concurrent
+episodes (each a 100-step episode loop: observation out, decision back, next observation).
+In-process baselines at K concurrent episodes run one batched call of K rows per step. Writes
+``bench/results/serving.{json,md}``.
 
     python bench/serving.py [--seconds 2] [--concurrency 1,16,64,256]
 
@@ -48,6 +51,8 @@ class Cell:
     server_cpu_us: float = float("nan")
     """CPU time (user + system, all threads) the serving process spent per decision: the load-independent
     cost. 1e6 / server_cpu_us = decisions/s one dedicated core could serve."""
+    rows_per_message: float = 1.0
+    """Decisions per gRPC message (the multiplexed stream batches episodes' rows on the client)."""
 
 
 def free_port() -> int:
@@ -132,6 +137,29 @@ def naive_server(checkpoint: str, port: int) -> None:
     server.wait_for_termination()
 
 
+# ---- the floor: a raw-bytes grpc.aio echo stream (no model, no decoding) ----------------------------
+def echo_server(port: int) -> None:
+    """What any Python grpc.aio stream costs per message on this machine: the service our stream is built on,
+    with nothing in it."""
+    import grpc
+
+    async def episode(request_iterator, context):  # noqa: ANN001, ANN202
+        while (raw := await context.read()) is not grpc.aio.EOF:
+            await context.write(raw)
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Episode": grpc.stream_stream_rpc_method_handler(episode)})
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("READY", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
 # ---- clients --------------------------------------------------------------------------------------
 async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_TO, avail_TA) -> Cell:
     import grpc
@@ -145,9 +173,11 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
         warm_until = time.perf_counter() + min(0.5, seconds / 4)
         stop_at = warm_until + seconds
 
+        echo = ch.stream_stream("/bench.Echo/Episode", request_serializer=agent_pb2.Observation.SerializeToString)
+
         async def stream_worker(k: int) -> None:
             while time.perf_counter() < stop_at:
-                call = stub.Episode()
+                call = echo() if mode == "echo" else stub.Episode()
                 for m in msgs:
                     t0 = time.perf_counter()
                     await call.write(m)
@@ -179,11 +209,40 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
                             await stub.Decide(agent_pb2.DecideRequest(episode_id=eid, end=True))
                         break
 
-        worker = stream_worker if mode == "stream" else unary_worker
+        mux = None
+        if mode == "multiplex":
+            from marlctl.serving.multiplex import AgentMux
+
+            spec = await stub.GetSpec(agent_pb2.GetSpecRequest())
+            mux = AgentMux(ch, stub, 0, 5.0, spec.max_episodes, lambda _spec: None)
+
+        async def multiplex_worker(k: int) -> None:  # the runner's path: one shared stream, rows batched
+            while time.perf_counter() < stop_at:
+                slot = mux.open_slot()
+                for o, a in zip(obs_TO, avail_TA, strict=True):
+                    t0 = time.perf_counter()
+                    action, _, reason, _ = await mux.decide(slot, o, a)
+                    t1 = time.perf_counter()
+                    if reason is not None:
+                        raise RuntimeError(f"multiplexed decision failed: {reason}")
+                    if t0 > warm_until and t1 < stop_at:
+                        lat.append(t1 - t0)
+                        counts[k] += 1
+                    if t1 >= stop_at:
+                        break
+                mux.close_slot(slot)
+
+        worker = {"stream": stream_worker, "echo": stream_worker, "unary": unary_worker,
+                  "multiplex": multiplex_worker}[mode]
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        if mux is not None:
+            await mux.close()
     n = sum(counts)
     lat_us = np.array(lat) * 1e6
-    return Cell("", concurrency, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
+    cell = Cell("", concurrency, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
+    if mux is not None:
+        cell.rows_per_message = n / max(mux.messages, 1)
+    return cell
 
 
 def cpu_seconds(pid: int) -> float:
@@ -257,12 +316,18 @@ def bench_in_process(kind: str, model_dir: Path, checkpoint: Path, concurrency: 
     return Cell(kind, K, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n, cpu_us)
 
 
+SERVER_CPUS: set[int] | None = None
+"""With --pin: the cores server processes are confined to (the client keeps the others)."""
+
+
 def start_process(cmd: list[str], target: str, ready_timeout: float = 120.0) -> subprocess.Popen:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from marlctl.proto import agent_pb2, agent_pb2_grpc
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpus = SERVER_CPUS
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(target) as ch:
         while time.monotonic() < deadline:
@@ -297,11 +362,24 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per cell")
     ap.add_argument("--concurrency", default="1,16,64,256", help="concurrent episodes per cell")
     ap.add_argument("--modes", default="auto,loop,thread,off", help="batching modes of our server to measure (stream)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the OS place client and server (default: server on core 0, client on the other cores, "
+                         "as when each agent pod has its own CPU)")
     ap.add_argument("--naive-server", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.naive_server:
         naive_server(args.naive_server[0], int(args.naive_server[1]))
         return
+    if args.echo_server:
+        echo_server(args.echo_server)
+        return
+    global SERVER_CPUS
+    cores = sorted(os.sched_getaffinity(0))
+    args.pin = args.pin and len(cores) >= 2
+    if args.pin:
+        SERVER_CPUS = {cores[0]}
+        os.sched_setaffinity(0, set(cores[1:]))
     Ks = [int(k) for k in args.concurrency.split(",")]
     modes = args.modes.split(",")
     cells: list[Cell] = []
@@ -326,12 +404,20 @@ def main() -> None:
                                   "--host", "127.0.0.1", "--port", str(port), "--batching", mode,
                                   "--log-level", "error", "--grace", "1"], f"127.0.0.1:{port}")
             try:
-                for call in ("stream", "unary") if mode == "auto" else ("stream",):
+                for call in ("stream", "multiplex", "unary") if mode == "auto" else ("stream",):
                     for K in Ks:
                         cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA, proc.pid)
                         record(f"marlctl serve {call} ({mode})", cell)
             finally:
                 stop_process(proc)
+        port = free_port()
+        proc = start_process([sys.executable, __file__, "--echo-server", str(port)], f"127.0.0.1:{port}")
+        try:
+            for K in Ks:
+                record("bare grpc.aio echo stream (floor)", bench_service(f"127.0.0.1:{port}", "echo", K, args.seconds,
+                                                                         obs_TO, avail_TA, proc.pid))
+        finally:
+            stop_process(proc)
         port = free_port()
         proc = start_process([sys.executable, __file__, "--naive-server", str(checkpoint), str(port)], f"127.0.0.1:{port}")
         try:
@@ -355,7 +441,9 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
         "n_actions": manifest["n_actions"], "hidden_dim": manifest["hidden_dim"], "seconds_per_cell": args.seconds,
         "episode_len": EPISODE_LEN, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-        "note": "client and server share the machine's cores; the client is one Python grpc.aio process",
+        "pinned": bool(args.pin),
+        "note": ("server process pinned to core 0, client (one Python grpc.aio process) to the other cores"
+                 if args.pin else "client and server share the machine's cores; the client is one Python grpc.aio process"),
     }
     data = {"meta": meta, "cells": [c.__dict__ for c in cells]}
     atomic_write_text(RESULTS / "serving.json", json.dumps(data, indent=2) + "\n")
@@ -364,7 +452,7 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
     by = {(c.system, c.concurrency): c for c in cells}
     lines = [f"# Serving benchmark ({meta['date']})", "",
              f"Agent: {ENV_ID} (obs {meta['obs_dim']}, {meta['n_actions']} actions, GRU hidden {meta['hidden_dim']}); "
-             f"{meta['cpu_count']} CPU cores shared by client and server; {args.seconds:g} s per cell; "
+             f"{meta['cpu_count']} CPU cores, {meta['note']}; {args.seconds:g} s per cell; "
              f"onnxruntime {meta['onnxruntime']}, torch {meta['torch']}.", "",
              "## One episode (K=1): decision latency", "",
              "| system | p50 us | p99 us | decisions/s | p50 / in-process ORT |", "|---|---:|---:|---:|---:|"]
@@ -382,6 +470,10 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
             ratio = c.decisions_per_s / ort_by_k[k].decisions_per_s if c and k in ort_by_k else float("nan")
             row.append(f"{c.decisions_per_s:,.0f} ({ratio:.2f})" if c else "-")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
+    mux = [c for c in cells if "multiplex" in c.system]
+    if mux:
+        lines += ["", "Multiplexed stream, decisions per gRPC message (client-side batching of the episodes in flight): "
+                  + ", ".join(f"K={c.concurrency}: {c.rows_per_message:.1f}" for c in mux) + "."]
     lines += ["", "## CPU cost: serving-process CPU microseconds per decision (load-independent; "
               "1e6 / x = decisions/s per dedicated core)", "",
               "| system | " + " | ".join(f"K={k}" for k in Ks) + " |", "|---|" + "---:|" * len(Ks)]

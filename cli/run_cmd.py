@@ -70,6 +70,9 @@ def run(
     connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for every service's GetSpec."),
     step_interval_ms: float = typer.Option(0.0, "--step-interval-ms", help="Real-time pacing: min ms between steps."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
+    transport: str = typer.Option("stream", "--transport",
+                                  help="stream: one stream per episode and agent | multiplex: one stream per agent "
+                                       "for all episodes in flight, their decisions batched (faster at high --concurrency)."),
 ) -> None:
     """Run live episodes whose agents are gRPC agent services (one per agent); print a summary.
 
@@ -83,7 +86,7 @@ def run(
     config = RunConfig(env_id=env, agents=addresses, episodes=episodes, concurrency=concurrency, seed=seed,
                        record_dir=record, record_obs=record_obs, timeout_ms=timeout_ms,
                        on_agent_failure=on_agent_failure, connect_timeout_s=connect_timeout,
-                       step_interval_ms=step_interval_ms)
+                       step_interval_ms=step_interval_ms, transport=transport)
     with _progress(episodes, f"run {env}") as progress:
         task = progress.add_task("episodes", total=episodes, last="")
 

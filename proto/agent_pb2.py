@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x10marlctl.agent.v1\"M\n\x0bObservation\x12\x0f\n\x03obs\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x19\n\ravail_actions\x18\x02 \x03(\x08\x42\x02\x10\x01\x12\x12\n\nepisode_id\x18\x03 \x01(\t\"M\n\x0cServerTiming\x12\x13\n\x0b\x64\x65\x63ision_ns\x18\x01 \x01(\x04\x12\x14\n\x0cinference_ns\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"l\n\x08\x44\x65\x63ision\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\x05\x12\x12\n\x06scores\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x0c\n\x04step\x18\x03 \x01(\r\x12.\n\x06timing\x18\x04 \x01(\x0b\x32\x1e.marlctl.agent.v1.ServerTiming\"s\n\rDecideRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x08\x12\x32\n\x0bobservation\x18\x04 \x01(\x0b\x32\x1d.marlctl.agent.v1.Observation\"\x10\n\x0eGetSpecRequest\"\xa8\x02\n\tAgentSpec\x12\x13\n\x0b\x61gent_index\x18\x01 \x01(\x05\x12\x10\n\x08n_agents\x18\x02 \x01(\x05\x12\x0f\n\x07obs_dim\x18\x03 \x01(\x05\x12\x11\n\tn_actions\x18\x04 \x01(\x05\x12\x12\n\nhidden_dim\x18\x05 \x01(\x05\x12\x11\n\talgorithm\x18\x06 \x01(\t\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x08 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\x12\x18\n\x10manifest_version\x18\n \x01(\x05\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x11\n\tenv_steps\x18\x0c \x01(\x04\x12\x14\n\x0cmax_episodes\x18\r \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t2\xe9\x01\n\x0c\x41gentService\x12H\n\x07\x45pisode\x12\x1d.marlctl.agent.v1.Observation\x1a\x1a.marlctl.agent.v1.Decision(\x01\x30\x01\x12\x45\n\x06\x44\x65\x63ide\x12\x1f.marlctl.agent.v1.DecideRequest\x1a\x1a.marlctl.agent.v1.Decision\x12H\n\x07GetSpec\x12 .marlctl.agent.v1.GetSpecRequest\x1a\x1b.marlctl.agent.v1.AgentSpecb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x10marlctl.agent.v1\"M\n\x0bObservation\x12\x0f\n\x03obs\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x19\n\ravail_actions\x18\x02 \x03(\x08\x42\x02\x10\x01\x12\x12\n\nepisode_id\x18\x03 \x01(\t\"M\n\x0cServerTiming\x12\x13\n\x0b\x64\x65\x63ision_ns\x18\x01 \x01(\x04\x12\x14\n\x0cinference_ns\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"l\n\x08\x44\x65\x63ision\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\x05\x12\x12\n\x06scores\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x0c\n\x04step\x18\x03 \x01(\r\x12.\n\x06timing\x18\x04 \x01(\x0b\x32\x1e.marlctl.agent.v1.ServerTiming\"u\n\x10ObservationBatch\x12\x11\n\x05slots\x18\x01 \x03(\x07\x42\x02\x10\x01\x12\x11\n\x05start\x18\x02 \x03(\x08\x42\x02\x10\x01\x12\x0f\n\x03obs\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x19\n\ravail_actions\x18\x04 \x03(\x08\x42\x02\x10\x01\x12\x0f\n\x03\x65nd\x18\x05 \x03(\x07\x42\x02\x10\x01\"\x9d\x01\n\rDecisionBatch\x12\x13\n\x07\x61\x63tions\x18\x01 \x03(\x0f\x42\x02\x10\x01\x12\x12\n\x06scores\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\x11\n\x05\x63odes\x18\x03 \x03(\x07\x42\x02\x10\x01\x12\x11\n\x05steps\x18\x04 \x03(\x07\x42\x02\x10\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12.\n\x06timing\x18\x06 \x01(\x0b\x32\x1e.marlctl.agent.v1.ServerTiming\"s\n\rDecideRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x08\x12\x32\n\x0bobservation\x18\x04 \x01(\x0b\x32\x1d.marlctl.agent.v1.Observation\"\x10\n\x0eGetSpecRequest\"\xa8\x02\n\tAgentSpec\x12\x13\n\x0b\x61gent_index\x18\x01 \x01(\x05\x12\x10\n\x08n_agents\x18\x02 \x01(\x05\x12\x0f\n\x07obs_dim\x18\x03 \x01(\x05\x12\x11\n\tn_actions\x18\x04 \x01(\x05\x12\x12\n\nhidden_dim\x18\x05 \x01(\x05\x12\x11\n\talgorithm\x18\x06 \x01(\t\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x08 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\x12\x18\n\x10manifest_version\x18\n \x01(\x05\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x11\n\tenv_steps\x18\x0c \x01(\x04\x12\x14\n\x0cmax_episodes\x18\r \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t2\xbe\x02\n\x0c\x41gentService\x12H\n\x07\x45pisode\x12\x1d.marlctl.agent.v1.Observation\x1a\x1a.marlctl.agent.v1.Decision(\x01\x30\x01\x12\x45\n\x06\x44\x65\x63ide\x12\x1f.marlctl.agent.v1.DecideRequest\x1a\x1a.marlctl.agent.v1.Decision\x12S\n\x08\x45pisodes\x12\".marlctl.agent.v1.ObservationBatch\x1a\x1f.marlctl.agent.v1.DecisionBatch(\x01\x30\x01\x12H\n\x07GetSpec\x12 .marlctl.agent.v1.GetSpecRequest\x1a\x1b.marlctl.agent.v1.AgentSpecb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION'].fields_by_name['avail_actions']._serialized_options = b'\020\001'
   _globals['_DECISION'].fields_by_name['scores']._loaded_options = None
   _globals['_DECISION'].fields_by_name['scores']._serialized_options = b'\020\001'
+  _globals['_OBSERVATIONBATCH'].fields_by_name['slots']._loaded_options = None
+  _globals['_OBSERVATIONBATCH'].fields_by_name['slots']._serialized_options = b'\020\001'
+  _globals['_OBSERVATIONBATCH'].fields_by_name['start']._loaded_options = None
+  _globals['_OBSERVATIONBATCH'].fields_by_name['start']._serialized_options = b'\020\001'
+  _globals['_OBSERVATIONBATCH'].fields_by_name['obs']._loaded_options = None
+  _globals['_OBSERVATIONBATCH'].fields_by_name['obs']._serialized_options = b'\020\001'
+  _globals['_OBSERVATIONBATCH'].fields_by_name['avail_actions']._loaded_options = None
+  _globals['_OBSERVATIONBATCH'].fields_by_name['avail_actions']._serialized_options = b'\020\001'
+  _globals['_OBSERVATIONBATCH'].fields_by_name['end']._loaded_options = None
+  _globals['_OBSERVATIONBATCH'].fields_by_name['end']._serialized_options = b'\020\001'
+  _globals['_DECISIONBATCH'].fields_by_name['actions']._loaded_options = None
+  _globals['_DECISIONBATCH'].fields_by_name['actions']._serialized_options = b'\020\001'
+  _globals['_DECISIONBATCH'].fields_by_name['scores']._loaded_options = None
+  _globals['_DECISIONBATCH'].fields_by_name['scores']._serialized_options = b'\020\001'
+  _globals['_DECISIONBATCH'].fields_by_name['codes']._loaded_options = None
+  _globals['_DECISIONBATCH'].fields_by_name['codes']._serialized_options = b'\020\001'
+  _globals['_DECISIONBATCH'].fields_by_name['steps']._loaded_options = None
+  _globals['_DECISIONBATCH'].fields_by_name['steps']._serialized_options = b'\020\001'
   _globals['_OBSERVATION']._serialized_start=33
   _globals['_OBSERVATION']._serialized_end=110
   _globals['_SERVERTIMING']._serialized_start=112
   _globals['_SERVERTIMING']._serialized_end=189
   _globals['_DECISION']._serialized_start=191
   _globals['_DECISION']._serialized_end=299
-  _globals['_DECIDEREQUEST']._serialized_start=301
-  _globals['_DECIDEREQUEST']._serialized_end=416
-  _globals['_GETSPECREQUEST']._serialized_start=418
-  _globals['_GETSPECREQUEST']._serialized_end=434
-  _globals['_AGENTSPEC']._serialized_start=437
-  _globals['_AGENTSPEC']._serialized_end=733
-  _globals['_AGENTSERVICE']._serialized_start=736
-  _globals['_AGENTSERVICE']._serialized_end=969
+  _globals['_OBSERVATIONBATCH']._serialized_start=301
+  _globals['_OBSERVATIONBATCH']._serialized_end=418
+  _globals['_DECISIONBATCH']._serialized_start=421
+  _globals['_DECISIONBATCH']._serialized_end=578
+  _globals['_DECIDEREQUEST']._serialized_start=580
+  _globals['_DECIDEREQUEST']._serialized_end=695
+  _globals['_GETSPECREQUEST']._serialized_start=697
+  _globals['_GETSPECREQUEST']._serialized_end=713
+  _globals['_AGENTSPEC']._serialized_start=716
+  _globals['_AGENTSPEC']._serialized_end=1012
+  _globals['_AGENTSERVICE']._serialized_start=1015
+  _globals['_AGENTSERVICE']._serialized_end=1333
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,36 @@ class Decision(_message.Message):
     timing: ServerTiming
     def __init__(self, action: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., step: _Optional[int] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ...) -> None: ...
 
+class ObservationBatch(_message.Message):
+    __slots__ = ("slots", "start", "obs", "avail_actions", "end")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    OBS_FIELD_NUMBER: _ClassVar[int]
+    AVAIL_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    start: _containers.RepeatedScalarFieldContainer[bool]
+    obs: _containers.RepeatedScalarFieldContainer[float]
+    avail_actions: _containers.RepeatedScalarFieldContainer[bool]
+    end: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, slots: _Optional[_Iterable[int]] = ..., start: _Optional[_Iterable[bool]] = ..., obs: _Optional[_Iterable[float]] = ..., avail_actions: _Optional[_Iterable[bool]] = ..., end: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DecisionBatch(_message.Message):
+    __slots__ = ("actions", "scores", "codes", "steps", "error", "timing")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    error: str
+    timing: ServerTiming
+    def __init__(self, actions: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., codes: _Optional[_Iterable[int]] = ..., steps: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ...) -> None: ...
+
 class DecideRequest(_message.Message):
     __slots__ = ("episode_id", "start", "end", "observation")
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class AgentServiceStub:
                 request_serializer=agent__pb2.DecideRequest.SerializeToString,
                 response_deserializer=agent__pb2.Decision.FromString,
                 _registered_method=True)
+        self.Episodes = channel.stream_stream(
+                '/marlctl.agent.v1.AgentService/Episodes',
+                request_serializer=agent__pb2.ObservationBatch.SerializeToString,
+                response_deserializer=agent__pb2.DecisionBatch.FromString,
+                _registered_method=True)
         self.GetSpec = channel.unary_unary(
                 '/marlctl.agent.v1.AgentService/GetSpec',
                 request_serializer=agent__pb2.GetSpecRequest.SerializeToString,
@@ -68,6 +73,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Episodes(self, request_iterator, context):
+        """Many episodes on one stream: ObservationBatch in, DecisionBatch out, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSpec(self, request, context):
         """What this service runs.
         """
@@ -87,6 +99,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=agent__pb2.DecideRequest.FromString,
                     response_serializer=agent__pb2.Decision.SerializeToString,
+            ),
+            'Episodes': grpc.stream_stream_rpc_method_handler(
+                    servicer.Episodes,
+                    request_deserializer=agent__pb2.ObservationBatch.FromString,
+                    response_serializer=agent__pb2.DecisionBatch.SerializeToString,
             ),
             'GetSpec': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSpec,
@@ -148,6 +165,33 @@ class AgentService:
             '/marlctl.agent.v1.AgentService/Decide',
             agent__pb2.DecideRequest.SerializeToString,
             agent__pb2.Decision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Episodes(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/marlctl.agent.v1.AgentService/Episodes',
+            agent__pb2.ObservationBatch.SerializeToString,
+            agent__pb2.DecisionBatch.FromString,
             options,
             channel_credentials,
             insecure,

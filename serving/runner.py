@@ -2,7 +2,9 @@
 
 Each episode opens one bidirectional ``Episode`` stream per agent; every step sends each
 agent ONLY its own observation and avail mask, all agents concurrently, with a deadline per
-decision. ``K`` episodes run at a time on one asyncio event loop.
+decision. ``K`` episodes run at a time on one asyncio event loop. With ``transport="multiplex"``
+the episodes share one ``Episodes`` stream per agent instead, and the decisions they ask for at
+the same time travel as one message (``serving.multiplex``); everything else is the same.
 
 Environment stepping never runs on the event loop: each of the ``K`` episode slots owns one
 worker thread that creates, resets, steps and closes that slot's environment (one thread per
@@ -46,6 +48,7 @@ from marlctl.serving.stats import EpisodeSummary, summarize
 log = logging.getLogger(__name__)
 
 FAILURE_POLICIES = ("fail", "noop", "random")
+TRANSPORTS = ("stream", "multiplex")
 
 # Reconnect quickly after an agent process comes back (gRPC's default backoff grows to 120 s).
 CHANNEL_OPTIONS = (
@@ -85,6 +88,9 @@ class RunConfig:
     """How long to wait for every agent service to answer ``GetSpec`` before starting."""
     step_interval_ms: float = 0.0
     """Minimum wall time between two steps of an episode (real-time pacing, like a control loop); 0 = none."""
+    transport: str = "stream"
+    """``stream``: one ``Episode`` stream per episode and agent; ``multiplex``: one ``Episodes`` stream per
+    agent carrying all episodes in flight, decisions batched into one message (``serving.multiplex``)."""
 
     def validate(self) -> None:
         if self.on_agent_failure not in FAILURE_POLICIES:
@@ -92,6 +98,8 @@ class RunConfig:
                                f"choose one of {', '.join(FAILURE_POLICIES)}")
         if self.episodes < 1:
             raise ServingError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.transport not in TRANSPORTS:
+            raise ServingError(f"--transport {self.transport!r} is not valid; choose one of {', '.join(TRANSPORTS)}")
         if self.concurrency < 1:
             raise ServingError(f"--concurrency must be >= 1, got {self.concurrency}")
         if not self.timeout_ms > 0:
@@ -292,6 +300,7 @@ class EpisodeRunner:
         self.metrics_port = metrics_port
         self.on_episode = on_episode
         self.metrics: _Metrics | None = None
+        self._muxes: list[Any] = []
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -311,6 +320,7 @@ class EpisodeRunner:
         try:
             stubs = [agent_pb2_grpc.AgentServiceStub(ch) for ch in channels]
             specs = await self._check_specs(stubs)
+            self._muxes = self._make_muxes(channels, stubs, specs)
             t0 = time.perf_counter()
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in range(cfg.episodes):
@@ -321,11 +331,28 @@ class EpisodeRunner:
             await asyncio.gather(*slots)
             wall = time.perf_counter() - t0
         finally:
+            await asyncio.gather(*(m.close() for m in self._muxes), return_exceptions=True)
             await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
             self.metrics.close()
         records = [results[i] for i in sorted(results)]
         return RunResult(records=records, summary=summarize_records(records, wall), agent_specs=specs,
                          record_paths=[paths[i] for i in sorted(paths)])
+
+    def _make_muxes(self, channels: list[Any], stubs: list[Any], specs: list[dict[str, Any]]) -> list[Any]:
+        """One ``AgentMux`` per agent under ``--transport multiplex`` (none for per-episode streams)."""
+        cfg = self.config
+        if cfg.transport != "multiplex":
+            return []
+        from marlctl.serving.multiplex import AgentMux
+
+        muxes = []
+        for i, (channel, stub, spec) in enumerate(zip(channels, stubs, specs, strict=True)):
+            if spec["max_episodes"] < min(cfg.concurrency, cfg.episodes):
+                raise ServingError(f"agent service {cfg.agents[i]} takes at most {spec['max_episodes']} live "
+                                   f"episodes, fewer than --concurrency {cfg.concurrency}")
+            muxes.append(AgentMux(channel, stub, i, cfg.timeout_ms / 1e3, spec["max_episodes"],
+                                  functools.partial(check_agent_spec, i, f"agent service {cfg.agents[i]}", env=self.spec)))
+        return muxes
 
     async def _check_specs(self, stubs: list[Any]) -> list[dict[str, Any]]:
         import grpc
@@ -378,9 +405,15 @@ class EpisodeRunner:
         loop = asyncio.get_running_loop()
         seed = cfg.seed + index
         rng = np.random.default_rng([cfg.seed, index, 0x5EED])  # the random fallback policy's own stream
-        links = [_AgentLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}",
-                            functools.partial(check_agent_spec, i, f"agent service {cfg.agents[i]}", env=spec))
-                 for i, stub in enumerate(stubs)]
+        links: list[Any]
+        if self._muxes:
+            from marlctl.serving.multiplex import MuxEpisodeLink
+
+            links = [MuxEpisodeLink(mux) for mux in self._muxes]
+        else:
+            links = [_AgentLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}",
+                                functools.partial(check_agent_spec, i, f"agent service {cfg.agents[i]}", env=spec))
+                     for i, stub in enumerate(stubs)]
         ts: TimeStep = await loop.run_in_executor(pool, env.reset, seed)
         actions: list[np.ndarray] = []
         rewards: list[float] = []
@@ -460,7 +493,7 @@ class EpisodeRunner:
             fallbacks=fallbacks,
             reconnects=reconnects,
             source={"kind": "run", "agents": list(cfg.agents), "on_agent_failure": cfg.on_agent_failure,
-                    "timeout_ms": cfg.timeout_ms},
+                    "timeout_ms": cfg.timeout_ms, "transport": cfg.transport},
             obs_TNO=np.asarray(obs_rows, dtype=np.float32).reshape(-1, n, o) if cfg.record_obs else None,
             avail_TNA=np.asarray(avail_rows, dtype=bool).reshape(-1, n, a) if cfg.record_obs else None,
         )

@@ -52,7 +52,7 @@ from marlctl.agents.onnx_io import marlctl_version
 from marlctl.proto import agent_pb2, agent_pb2_grpc
 from marlctl.serving import wire
 from marlctl.serving.errors import AgentServiceError
-from marlctl.serving.metrics import ServerMetrics, start_metrics_http
+from marlctl.serving.metrics import ServerMetrics, observe_many, start_metrics_http
 from marlctl.serving.model import AgentModel, ModelConfig, load_agent_model
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_KEY = "x-request-id"
 BATCHING_MODES = ("auto", "loop", "thread", "off")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -143,20 +144,36 @@ class EpisodeTable:
         self._live: dict[str, Episode] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._on_change = on_change
+        self._slots = 0
+        """Live episodes of ``Episodes`` streams (their state lives in each stream's ``SlotState``)."""
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._live) + self._slots
+
+    def free(self) -> int:
+        """How many more episodes may start."""
+        return self.max_episodes - len(self)
+
+    def add_slots(self, n: int) -> None:
+        if n:
+            self._slots += n
+            self._on_change(len(self))
+
+    def remove_slots(self, n: int) -> None:
+        if n:
+            self._slots -= n
+            self._on_change(len(self))
 
     def open(self, episode_id: str, unary: bool) -> Episode:
         if episode_id in self._live:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"episode {episode_id!r} is already live")
-        if len(self._live) >= self.max_episodes:
+        if len(self) >= self.max_episodes:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"live-episode bound reached ({self.max_episodes}); end episodes or retry later")
         ep = Episode(episode_id, unary, np.zeros((1, self.hidden_dim), np.float32), last_seen=time.monotonic())
         self._live[episode_id] = ep
         self._finished.pop(episode_id, None)
-        self._on_change(len(self._live))
+        self._on_change(len(self))
         return ep
 
     def get(self, episode_id: str) -> Episode:
@@ -171,7 +188,7 @@ class EpisodeTable:
             self._finished[episode_id] = None
             while len(self._finished) > 4096:
                 self._finished.popitem(last=False)
-            self._on_change(len(self._live))
+            self._on_change(len(self))
 
     def expire_idle(self, idle_timeout_s: float) -> list[str]:
         now = time.monotonic()
@@ -179,6 +196,30 @@ class EpisodeTable:
         for k in stale:
             self.close(k)
         return stale
+
+
+class SlotState:
+    """The live episodes of one ``Episodes`` stream, as arrays indexed by slot (grown on demand)."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        self.hidden_SH = np.zeros((0, hidden_dim), np.float32)
+        self.prev_S = np.zeros(0, np.int64)
+        self.step_S = np.zeros(0, np.uint32)
+        self.live_S = np.zeros(0, bool)
+
+    def ensure(self, n: int) -> None:
+        """Room for slots ``0..n-1``."""
+        have = self.live_S.shape[0]
+        if n <= have:
+            return
+        size = max(n, 2 * have, 16)
+        self.hidden_SH = np.concatenate([self.hidden_SH, np.zeros((size - have, self.hidden_SH.shape[1]), np.float32)])
+        self.prev_S = np.concatenate([self.prev_S, np.full(size - have, -1, np.int64)])
+        self.step_S = np.concatenate([self.step_S, np.zeros(size - have, np.uint32)])
+        self.live_S = np.concatenate([self.live_S, np.zeros(size - have, bool)])
+
+    def live_count(self) -> int:
+        return int(self.live_S.sum())
 
 
 @dataclass
@@ -241,6 +282,27 @@ class MicroBatcher:
         self._pending.append(_Pending(obs_O, prev_action, avail_A, hidden_1H, fut))
         self._wake.set()
         return await fut
+
+    async def decide_rows(self, obs_BO: np.ndarray, prev_B: np.ndarray, avail_BA: np.ndarray, hidden_BH: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Decide rows that arrived together (an ``Episodes`` message): ONNX Runtime calls of at most
+        ``max_batch`` rows, on the loop or the inference thread as the mode says; returns ``(action [B],
+        scores [B, A], hidden [B, H], inference_ns)``."""
+        loop = asyncio.get_running_loop()
+        outs = []
+        t0 = time.perf_counter_ns()
+        for lo in range(0, obs_BO.shape[0], self.config.max_batch):
+            part = (obs_BO[lo: lo + self.config.max_batch], prev_B[lo: lo + self.config.max_batch],
+                    avail_BA[lo: lo + self.config.max_batch], hidden_BH[lo: lo + self.config.max_batch])
+            if self._pool is not None:
+                outs.append(await loop.run_in_executor(self._pool, self.model.infer, *part))
+            else:
+                outs.append(self.model.infer(*part))
+        dt = time.perf_counter_ns() - t0
+        self._inference.observe(dt * 1e-9)
+        if len(outs) == 1:
+            return (*outs[0], dt)
+        return (*(np.concatenate(x) for x in zip(*outs, strict=True)), dt)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -394,6 +456,125 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if task is not None:
                 self._stream_tasks.discard(task)
 
+    async def Episodes(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        """Many episodes on one stream (``ObservationBatch`` in, ``DecisionBatch`` out): per-slot state in a
+        ``SlotState``, every message decided as one batch, bad rows refused row by row (module docstring)."""
+        stream_id = f"episodes-{uuid.uuid4().hex[:12]}"
+        try:
+            if self.draining:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is draining (shutting down); use another replica")
+            model, episodes, _ = self._ready()
+        except RequestError as err:
+            await self._refuse(context, err, stream_id)
+            return
+        state = SlotState(model.hidden_dim)
+        task = asyncio.current_task()
+        if task is not None:
+            self._stream_tasks.add(task)
+        try:
+            while (raw := await context.read()) is not grpc.aio.EOF:
+                t0 = time.perf_counter_ns()
+                try:
+                    rows = wire.decode_observation_batch(raw)
+                    self._check_rows(model, rows)
+                    reply = await self._decide_rows(model, episodes, state, rows, t0)
+                except ValueError as exc:
+                    await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)), stream_id)
+                    return
+                except RequestError as err:
+                    await self._refuse(context, err, stream_id)
+                    return
+                await context.write(reply)
+        except asyncio.CancelledError:
+            if self.draining:
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("server shut down; episodes ended after the drain grace period")
+                return
+            raise
+        finally:
+            episodes.remove_slots(state.live_count())
+            if task is not None:
+                self._stream_tasks.discard(task)
+
+    def _check_rows(self, model: AgentModel, rows: wire.ObservationRows) -> None:
+        """A message that cannot be read as rows ends the stream (INVALID_ARGUMENT); row-level problems don't."""
+        R, bound = rows.slots.shape[0], self.config.max_episodes
+        problems = []
+        if rows.start.shape[0] != R:
+            problems.append(f"start has {rows.start.shape[0]} values for {R} slots")
+        if rows.obs.shape[0] != R * model.obs_dim:
+            problems.append(f"obs has {rows.obs.shape[0]} values, expected {R} rows x obs_dim={model.obs_dim}")
+        if rows.avail.shape[0] != R * model.n_actions:
+            problems.append(f"avail_actions has {rows.avail.shape[0]} values, expected {R} rows x "
+                            f"n_actions={model.n_actions}")
+        if R and (int(rows.slots.max()) >= bound or np.unique(rows.slots).shape[0] != R):
+            problems.append(f"slots must be distinct and < max_episodes={bound}")
+        if rows.end.shape[0] and int(rows.end.max()) >= bound:
+            problems.append(f"end slots must be < max_episodes={bound}")
+        if problems:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "malformed ObservationBatch: " + "; ".join(problems))
+
+    async def _decide_rows(self, model: AgentModel, episodes: EpisodeTable, state: SlotState,
+                           rows: wire.ObservationRows, t0: int) -> bytes:
+        """Release ended slots, refuse bad rows (their own code), decide the rest as one batch; the reply bytes."""
+        C = grpc.StatusCode
+        R, A = rows.slots.shape[0], model.n_actions
+        if rows.end.shape[0]:
+            state.ensure(int(rows.end.max()) + 1)
+            ended = np.unique(rows.end)
+            episodes.remove_slots(int(state.live_S[ended].sum()))
+            state.live_S[ended] = False
+        slots_R, start_R = rows.slots.astype(np.int64), rows.start
+        obs_RO, avail_RA = rows.obs.reshape(R, model.obs_dim), rows.avail.reshape(R, A)
+        state.ensure(int(slots_R.max()) + 1 if R else 0)
+        code_R = np.zeros(R, np.uint32)
+        reasons: list[str] = []
+
+        def refuse(mask_R: np.ndarray, code: grpc.StatusCode, why: str) -> None:
+            mask_R = mask_R & (code_R == 0)
+            if mask_R.any():
+                code_R[mask_R] = code.value[0]
+                reasons.append(f"slot {int(slots_R[np.argmax(mask_R)])}: {why}")
+
+        refuse(~np.isfinite(obs_RO).all(1), C.INVALID_ARGUMENT, "obs has NaN/Inf; observations must be finite")
+        refuse(~avail_RA.any(1), C.INVALID_ARGUMENT, "avail_actions is all false: at least one action must be available")
+        live_R = state.live_S[slots_R]
+        refuse(~start_R & ~live_R, C.FAILED_PRECONDITION, "no live episode in this slot (begin one with start=true)")
+        if self.draining:
+            refuse(start_R, C.UNAVAILABLE, "server is draining: no new episodes; use another replica")
+        new_R = start_R & ~live_R & (code_R == 0)
+        over = int(new_R.sum()) - episodes.free()
+        if over > 0:
+            refuse(new_R & (np.cumsum(new_R) > int(new_R.sum()) - over), C.RESOURCE_EXHAUSTED,
+                   f"live-episode bound reached ({episodes.max_episodes}); end episodes or retry later")
+        ok = np.flatnonzero(code_R == 0)
+        action_R = np.full(R, -1, np.int32)
+        scores_RA = np.full((R, A), np.nan, np.float32)
+        step_R = np.zeros(R, np.uint32)
+        inf_ns = 0
+        if ok.size:
+            sl, fresh = slots_R[ok], start_R[ok]
+            episodes.add_slots(int((fresh & ~live_R[ok]).sum()))
+            hidden_BH = np.where(fresh[:, None], np.float32(0.0), state.hidden_SH[sl])
+            prev_B = np.where(fresh, -1, state.prev_S[sl])
+            action_B, scores_BA, hidden_out_BH, inf_ns = await self.batcher.decide_rows(  # type: ignore[union-attr]
+                obs_RO[ok], prev_B, avail_RA[ok], hidden_BH)
+            step_B = np.where(fresh, 0, state.step_S[sl]).astype(np.uint32)
+            state.hidden_SH[sl], state.prev_S[sl], state.step_S[sl] = hidden_out_BH, action_B, step_B + 1
+            state.live_S[sl] = True
+            action_R[ok], scores_RA[ok], step_R[ok] = action_B, scores_BA, step_B
+        dt = time.perf_counter_ns() - t0
+        observe_many(self._decision_hist, dt * 1e-9, ok.size)
+        if ok.size:
+            self._ok_counter.inc(ok.size)
+        error = ""
+        if reasons:
+            for code in np.unique(code_R[code_R != 0]):
+                self._counter(_CODES[int(code)]).inc(int((code_R == code).sum()))
+            error = "; ".join(reasons)
+            log.warning("request %s: %d of %d rows refused: %s", request_id_var.get(), R - ok.size, R, error)
+        return wire.encode_decision_batch(action_R, scores_RA, code_R, step_R, error, dt, inf_ns, int(ok.size))
+
     async def Decide(self, request: agent_pb2.DecideRequest, context: grpc.aio.ServicerContext) -> agent_pb2.Decision:
         t0 = time.perf_counter_ns()
         eid = request.episode_id
@@ -464,9 +645,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 def add_to_server(servicer: AgentServicer, server: grpc.aio.Server) -> None:
     """Register the service like the generated ``add_AgentServiceServicer_to_server``, except that
-    ``Episode`` exchanges raw bytes (decoded/encoded by ``serving.wire``)."""
+    ``Episode`` and ``Episodes`` exchange raw bytes (decoded/encoded by ``serving.wire``)."""
     handlers = {
         "Episode": grpc.stream_stream_rpc_method_handler(servicer.Episode),
+        "Episodes": grpc.stream_stream_rpc_method_handler(servicer.Episodes),
         "Decide": grpc.unary_unary_rpc_method_handler(
             servicer.Decide, request_deserializer=agent_pb2.DecideRequest.FromString,
             response_serializer=agent_pb2.Decision.SerializeToString),

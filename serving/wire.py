@@ -1,6 +1,8 @@
-"""Fast wire codecs for the stream's hot messages: Observation bytes -> NumPy, Decision -> bytes.
+"""Fast wire codecs for the streams' hot messages: Observation(Batch) bytes -> NumPy, Decision(Batch) -> bytes.
 
-The ``Episode`` stream carries one Observation in and one Decision out per decision. Converting
+The ``Episode`` stream carries one Observation in and one Decision out per decision; the
+multiplexed ``Episodes`` stream one ObservationBatch / DecisionBatch per message (all fields
+packed fixed-width arrays, read and written whole with NumPy on both sides). Converting
 protobuf repeated fields to NumPy element by element costs more than the agent network itself,
 so the stream handler gets raw bytes and this module reads the packed float/bool fields with
 ``np.frombuffer`` and writes the Decision with ``struct``/NumPy. The layout is the standard
@@ -110,3 +112,140 @@ def encode_decision(action: int, scores_A: np.ndarray, step: int, decision_ns: i
         b"\x18", _encode_varint(step),
         b"\x22", _encode_varint(len(timing)), timing,
     ))
+
+
+# ---- Episodes stream: ObservationBatch / DecisionBatch -----------------------------------------------------------
+# Every field of both messages is length-delimited (packed fixed-width arrays, a string, a sub-message), so a
+# message is a sequence of (tag, length, bytes); each array is one np.frombuffer.
+
+def _length_delimited(data: bytes, fields: int) -> dict[int, tuple[int, int]] | None:
+    """``{field number: (start, length)}`` of a message made only of length-delimited fields numbered
+    1..``fields``, each at most once; None for anything else (the caller falls back to protobuf)."""
+    out: dict[int, tuple[int, int]] = {}
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            tag = data[pos]
+            number = tag >> 3
+            if tag & 7 != 2 or not 1 <= number <= fields or number in out:
+                return None
+            n, pos = _varint(data, pos + 1)
+            if pos + n > end:
+                return None
+            out[number] = (pos, n)
+            pos += n
+    except (IndexError, ValueError):
+        return None
+    return out
+
+
+def _array(data: bytes, where: dict[int, tuple[int, int]], number: int, dtype: str) -> np.ndarray | None:
+    pos, n = where.get(number, (0, 0))
+    size = np.dtype(dtype).itemsize
+    if n % size:
+        return None
+    return np.frombuffer(data, dtype, n // size, pos)
+
+
+def _bools(data: bytes, where: dict[int, tuple[int, int]], number: int) -> np.ndarray | None:
+    raw = _array(data, where, number, "u1")
+    if raw is None or (raw > 1).any():  # multi-byte bool varints: legal but not canonical
+        return None
+    return raw.astype(bool)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return b"" if not payload else bytes((number << 3 | 2,)) + _encode_varint(len(payload)) + payload
+
+
+class ObservationRows:
+    """A decoded ``ObservationBatch``: ``slots`` uint32 [R], ``start`` bool [R], ``obs`` float32 [R*O] and
+    ``avail`` bool [R*A] (flat: the caller knows O and A), ``end`` uint32 [E]."""
+
+    __slots__ = ("slots", "start", "obs", "avail", "end")
+
+    def __init__(self, slots: np.ndarray, start: np.ndarray, obs: np.ndarray, avail: np.ndarray,
+                 end: np.ndarray) -> None:
+        self.slots, self.start, self.obs, self.avail, self.end = slots, start, obs, avail, end
+
+
+def decode_observation_batch(data: bytes) -> ObservationRows:
+    """Read an ``ObservationBatch`` (any valid encoding); raises ``ValueError`` on bytes that are not one."""
+    where = _length_delimited(data, 5)
+    if where is not None:
+        arrays = (_array(data, where, 1, "<u4"), _bools(data, where, 2), _array(data, where, 3, "<f4"),
+                  _bools(data, where, 4), _array(data, where, 5, "<u4"))
+        if all(a is not None for a in arrays):
+            return ObservationRows(*arrays)  # type: ignore[arg-type]
+    from google.protobuf.message import DecodeError
+
+    try:
+        msg = agent_pb2.ObservationBatch.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"malformed ObservationBatch message: {exc}") from None
+    return ObservationRows(np.array(msg.slots, np.uint32), np.array(msg.start, bool), np.array(msg.obs, np.float32),
+                           np.array(msg.avail_actions, bool), np.array(msg.end, np.uint32))
+
+
+def encode_observation_batch(slots_R: np.ndarray, start_R: np.ndarray, obs_RO: np.ndarray, avail_RA: np.ndarray,
+                             end_E: np.ndarray | None = None) -> bytes:
+    """The serialized ``ObservationBatch`` (the runner's side)."""
+    return b"".join((
+        _field(1, np.ascontiguousarray(slots_R, "<u4").tobytes()),
+        _field(2, np.ascontiguousarray(start_R, bool).tobytes()),
+        _field(3, np.ascontiguousarray(obs_RO, "<f4").tobytes()),
+        _field(4, np.ascontiguousarray(avail_RA, bool).tobytes()),
+        _field(5, b"" if end_E is None else np.ascontiguousarray(end_E, "<u4").tobytes()),
+    ))
+
+
+class DecisionRows:
+    """A decoded ``DecisionBatch``: ``actions`` int32 [R], ``scores`` float32 [R*A], ``codes`` and ``steps``
+    uint32 [R], ``error`` str, ``batch_size`` (rows decided by the server's ONNX Runtime call)."""
+
+    __slots__ = ("actions", "scores", "codes", "steps", "error", "batch_size")
+
+    def __init__(self, actions: np.ndarray, scores: np.ndarray, codes: np.ndarray, steps: np.ndarray, error: str,
+                 batch_size: int) -> None:
+        self.actions, self.scores, self.codes, self.steps = actions, scores, codes, steps
+        self.error, self.batch_size = error, batch_size
+
+
+def encode_decision_batch(actions_R: np.ndarray, scores_RA: np.ndarray, codes_R: np.ndarray, steps_R: np.ndarray,
+                          error: str, decision_ns: int, inference_ns: int, batch_size: int) -> bytes:
+    """The serialized ``DecisionBatch`` (the server's side)."""
+    timing = (b"\x08" + _encode_varint(decision_ns) + b"\x10" + _encode_varint(inference_ns)
+              + b"\x18" + _encode_varint(batch_size))
+    return b"".join((
+        _field(1, np.ascontiguousarray(actions_R, "<i4").tobytes()),
+        _field(2, np.ascontiguousarray(scores_RA, "<f4").tobytes()),
+        _field(3, np.ascontiguousarray(codes_R, "<u4").tobytes()),
+        _field(4, np.ascontiguousarray(steps_R, "<u4").tobytes()),
+        _field(5, error.encode("utf-8")),
+        _field(6, timing),
+    ))
+
+
+def decode_decision_batch(data: bytes) -> DecisionRows:
+    """Read a ``DecisionBatch`` (any valid encoding); raises ``ValueError`` on bytes that are not one."""
+    where = _length_delimited(data, 6)
+    if where is not None:
+        arrays = (_array(data, where, 1, "<i4"), _array(data, where, 2, "<f4"), _array(data, where, 3, "<u4"),
+                  _array(data, where, 4, "<u4"))
+        if all(a is not None for a in arrays):
+            (pos, n), (tpos, tn) = where.get(5, (0, 0)), where.get(6, (0, 0))
+            try:
+                error = data[pos: pos + n].decode("utf-8")
+                timing = agent_pb2.ServerTiming.FromString(data[tpos: tpos + tn])
+            except Exception:  # noqa: BLE001 - let the protobuf parser below give the real error
+                pass
+            else:
+                return DecisionRows(*arrays, error, timing.batch_size)  # type: ignore[arg-type]
+    from google.protobuf.message import DecodeError
+
+    try:
+        msg = agent_pb2.DecisionBatch.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"malformed DecisionBatch message: {exc}") from None
+    return DecisionRows(np.array(msg.actions, np.int32), np.array(msg.scores, np.float32), np.array(msg.codes, np.uint32),
+                        np.array(msg.steps, np.uint32), msg.error, msg.timing.batch_size)

@@ -29,6 +29,8 @@ def test_service_contract():
     assert service.full_name == "marlctl.agent.v1.AgentService"
     methods = {m.name: (m.input_type.name, m.output_type.name) for m in service.methods}
     assert methods == {"Episode": ("Observation", "Decision"), "Decide": ("DecideRequest", "Decision"),
-                       "GetSpec": ("GetSpecRequest", "AgentSpec")}
+                       "Episodes": ("ObservationBatch", "DecisionBatch"), "GetSpec": ("GetSpecRequest", "AgentSpec")}
+    assert all(f.is_packed for f in agent_pb2.ObservationBatch.DESCRIPTOR.fields)
+    assert all(f.is_packed for f in agent_pb2.DecisionBatch.DESCRIPTOR.fields if f.name not in ("error", "timing"))
     obs = agent_pb2.Observation.DESCRIPTOR.fields_by_name
     assert obs["obs"].is_packed and obs["avail_actions"].is_packed

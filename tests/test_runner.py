@@ -39,10 +39,11 @@ def _sample(registry, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def test_run_matches_in_process_eval_and_replays(team, tmp_path):
+@pytest.mark.parametrize("transport", ["stream", "multiplex"])
+def test_run_matches_in_process_eval_and_replays(team, tmp_path, transport):
     model, agents, _ = team
     config = RunConfig(env_id=ENV, agents=tuple(a.address for a in agents), episodes=4, concurrency=2, seed=11,
-                       record_dir=tmp_path / "run", record_obs=True, timeout_ms=5000)
+                       record_dir=tmp_path / "run", record_obs=True, timeout_ms=5000, transport=transport)
     scraped: list[str] = []
 
     def scrape(_record) -> None:  # the runner's own /metrics endpoint, read while the run is live
@@ -74,13 +75,14 @@ def test_run_matches_in_process_eval_and_replays(team, tmp_path):
         assert replayed.match, replayed.problems
 
 
-def test_agent_killed_mid_episode_falls_back_and_reconnects(team, tmp_path):
+@pytest.mark.parametrize("transport", ["stream", "multiplex"])
+def test_agent_killed_mid_episode_falls_back_and_reconnects(team, tmp_path, transport):
     model, agents, root = team
     victim = agents[1]
     done = []
     config = RunConfig(env_id=ENV, agents=tuple(a.address for a in agents), episodes=1000, concurrency=2, seed=0,
                        record_dir=tmp_path / "recs", timeout_ms=2000, on_agent_failure="noop",
-                       step_interval_ms=5)
+                       step_interval_ms=5, transport=transport)
     runner = EpisodeRunner(config, on_episode=done.append)
     box: dict[str, object] = {}
 
@@ -140,23 +142,24 @@ def test_agent_killed_mid_episode_falls_back_and_reconnects(team, tmp_path):
             assert replayed.match, (path, replayed.problems)
 
 
-def test_deadline_miss_under_fail_and_random_policies(team, tmp_path):
+@pytest.mark.parametrize("transport", ["stream", "multiplex"])
+def test_deadline_miss_under_fail_and_random_policies(team, tmp_path, transport):
     _, agents, _ = team
     addresses = tuple(a.address for a in agents)
     # 1 microsecond: no service can answer in time, every decision misses its deadline.
     failed = EpisodeRunner(RunConfig(env_id=ENV, agents=addresses, episodes=2, timeout_ms=0.001,
-                                     on_agent_failure="fail", record_dir=tmp_path / "fail")).run()
+                                     on_agent_failure="fail", record_dir=tmp_path / "fail", transport=transport)).run()
     assert failed.summary.aborted == 2 and failed.summary.episodes == 0
     rec = failed.records[0]
     assert rec.outcome.aborted and rec.outcome.length == 0
     assert "failed at step 0: timeout" in rec.outcome.error and "aborted" in rec.outcome.error
     assert load_record(failed.record_paths[0]).outcome.aborted
     rnd = EpisodeRunner(RunConfig(env_id=ENV, agents=addresses, episodes=2, timeout_ms=0.001,
-                                  on_agent_failure="random", seed=3)).run()
+                                  on_agent_failure="random", seed=3, transport=transport)).run()
     assert rnd.summary.aborted == 0 and rnd.summary.degraded == 2
     assert rnd.summary.fallbacks[(0, "timeout")] == sum(r.outcome.length for r in rnd.records)
     again = EpisodeRunner(RunConfig(env_id=ENV, agents=addresses, episodes=2, timeout_ms=0.001,
-                                    on_agent_failure="random", seed=3)).run()
+                                    on_agent_failure="random", seed=3, transport=transport)).run()
     for a, b in zip(rnd.records, again.records, strict=True):  # the random fallback is seeded per episode
         np.testing.assert_array_equal(a.actions_TN, b.actions_TN)
 

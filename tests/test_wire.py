@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 from marlctl.proto import agent_pb2
+from marlctl.serving import wire
 from marlctl.serving.wire import decode_observation, encode_decision, parse_observation
 
 
@@ -52,3 +53,44 @@ def test_encoded_decision_reads_back_identically(action, step, ns):
     want = agent_pb2.Decision(action=action, scores=scores.tolist(), step=step,
                               timing=agent_pb2.ServerTiming(decision_ns=ns, inference_ns=ns // 2, batch_size=64))
     assert got == want
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_batch_codecs_agree_with_protobuf(rows):
+    rng = np.random.default_rng(rows)
+    slots = rng.permutation(1000)[:rows].astype(np.uint32)
+    start = rng.random(rows) < 0.5
+    obs = rng.standard_normal((rows, 5)).astype(np.float32)
+    avail = rng.random((rows, 3)) < 0.5
+    end = np.array([7, 2**32 - 1][: rows % 3], np.uint32)
+    data = wire.encode_observation_batch(slots, start, obs, avail, end)
+    msg = agent_pb2.ObservationBatch.FromString(data)
+    assert list(msg.slots) == slots.tolist() and list(msg.start) == start.tolist() and list(msg.end) == end.tolist()
+    np.testing.assert_array_equal(np.array(msg.obs, np.float32), obs.ravel())
+    assert list(msg.avail_actions) == avail.ravel().tolist()
+    for got in (wire.decode_observation_batch(data), wire.decode_observation_batch(msg.SerializeToString())):
+        np.testing.assert_array_equal(got.slots, slots)
+        np.testing.assert_array_equal(got.start, start)
+        np.testing.assert_array_equal(got.obs, obs.ravel())
+        np.testing.assert_array_equal(got.avail, avail.ravel())
+        np.testing.assert_array_equal(got.end, end)
+    actions = rng.integers(-1, 3, rows).astype(np.int32)
+    scores = rng.standard_normal((rows, 3)).astype(np.float32)
+    codes = rng.choice([0, 3, 9], rows).astype(np.uint32)
+    steps = rng.integers(0, 300, rows).astype(np.uint32)
+    data = wire.encode_decision_batch(actions, scores, codes, steps, "why" * rows, 12345, 678, rows)
+    msg = agent_pb2.DecisionBatch.FromString(data)
+    assert list(msg.actions) == actions.tolist() and list(msg.codes) == codes.tolist()
+    assert msg.error == "why" * rows and msg.timing.decision_ns == 12345 and msg.timing.batch_size == rows
+    for got in (wire.decode_decision_batch(data), wire.decode_decision_batch(msg.SerializeToString())):
+        np.testing.assert_array_equal(got.actions, actions)
+        np.testing.assert_array_equal(got.scores, scores.ravel())
+        np.testing.assert_array_equal(got.codes, codes)
+        np.testing.assert_array_equal(got.steps, steps)
+        assert got.error == "why" * rows and got.batch_size == rows
+
+
+def test_batch_decoders_refuse_bytes_that_are_not_their_message():
+    for decode in (wire.decode_observation_batch, wire.decode_decision_batch):
+        with pytest.raises(ValueError, match="malformed"):
+            decode(b"\x0a\xff\xff")
