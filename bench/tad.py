@@ -1,7 +1,8 @@
 """TAD-PPO benchmark: didactic learning curves, SMAX/GRF win rates and the paper's training-time breakdown (Table 4).
 
     python bench/tad.py curves  --out bench/results/tad [--envs matrix:tad10,hallway] [--steps 20000] [--seeds 0,1,2]
-    python bench/tad.py winrate --out bench/results/tad [--envs smax:3m] [--steps 20000]
+    python bench/tad.py curves  --tag value --algos vdn,qmix,qtran-base,ow-qmix   (the value methods' curves)
+    python bench/tad.py winrate --out bench/results/tad [--envs smax:3m] [--steps 20000] [--points 5]
     python bench/tad.py timing  --out bench/results/tad [--envs smax:3m,smax:10m_vs_11m] [--iterations 5]
     python bench/tad.py report  --out bench/results/tad
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from marlctl.agents.files import atomic_write_text
 
+POLICY_ALGOS = ("tad-ppo", "mappo")
 # Table 4 of the paper (TAD-PPO / MAPPO, 1M steps): action inference, env simulation, policy training, whole.
 PAPER_TABLE4 = {
     "smax:3m": {"inference": 3.9, "simulation": 1.01, "training": 1.54, "whole": 1.91},
@@ -36,54 +38,53 @@ def build(algo: str, env_id: str, seed: int, overrides: list[str]):
     return algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu")), cfg
 
 
+def _train_with_evals(algo: str, env_id: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one run for ``args.steps`` env steps with ``args.points`` greedy evaluations along the way."""
+    a, cfg = build(algo, env_id, seed, args.set if algo in POLICY_ALGOS else args.value_set)
+    t0, points, next_eval = time.perf_counter(), [], 0
+    while True:
+        if a.env_steps >= next_eval:
+            ev = a.evaluate(args.eval_episodes)
+            points.append({"env_steps": a.env_steps, **ev})
+            next_eval += args.steps // args.points
+        if a.env_steps >= args.steps:
+            break
+        a.train_iteration()
+    run = {"env": env_id, "algo": algo, "seed": seed, "wall_s": time.perf_counter() - t0,
+           "num_envs": cfg.env.num_envs, "points": points}
+    last = points[-1]
+    print(f"{env_id} {algo} seed {seed}: return {last['eval/return']:.2f} win {last.get('eval/win_rate', 0):.2f}"
+          + (f" joint {last['eval/joint_return']:.2f}" if "eval/joint_return" in last else "")
+          + f" after {a.env_steps} steps ({run['wall_s']:.0f} s)", flush=True)
+    return run
+
+
 def curves(args: argparse.Namespace) -> dict[str, Any]:
-    """Greedy evaluation curves of TAD-PPO-T (joint), TAD-PPO (distilled) and MAPPO per env and seed."""
+    """Greedy evaluation curves per env, algorithm and seed: TAD-PPO-T (joint) and TAD-PPO (distilled) from one
+    tad-ppo run, MAPPO, and whatever value methods ``--algos`` names."""
     out: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "eval_points": args.points, "runs": []}
     for env_id in args.envs:
-        for algo in ("tad-ppo", "mappo"):
+        for algo in args.algos:
             for seed in args.seeds:
-                a, cfg = build(algo, env_id, seed, args.set)
-                t0, points, next_eval = time.perf_counter(), [], 0
-                while True:
-                    if a.env_steps >= next_eval:
-                        ev = a.evaluate(args.eval_episodes)
-                        points.append({"env_steps": a.env_steps, **ev})
-                        next_eval += args.steps // args.points
-                    if a.env_steps >= args.steps:
-                        break
-                    a.train_iteration()
-                run = {"env": env_id, "algo": algo, "seed": seed, "wall_s": time.perf_counter() - t0,
-                       "num_envs": cfg.env.num_envs, "points": points}
-                out["runs"].append(run)
-                last = points[-1]
-                print(f"{env_id} {algo} seed {seed}: return {last['eval/return']:.2f}"
-                      + (f" joint {last['eval/joint_return']:.2f}" if "eval/joint_return" in last else "")
-                      + f" after {a.env_steps} steps ({run['wall_s']:.0f} s)", flush=True)
+                out["runs"].append(_train_with_evals(algo, env_id, seed, args))
     return out
 
 
 def winrate(args: argparse.Namespace) -> dict[str, Any]:
-    """Win rate of TAD-PPO (distilled) and MAPPO after a small stated budget."""
+    """Win rate vs env steps of TAD-PPO (distilled) and MAPPO at a stated budget (``curves`` on SMAX/GRF)."""
     from marlctl.envs import list_families
 
     installed = {fam.name: ok for fam, ok, _ in list_families()}
-    out: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "results": [], "skipped": []}
+    out: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "eval_points": args.points, "runs": [],
+                           "skipped": []}
     for env_id in args.envs:
         family = env_id.split(":", 1)[0]
         if not installed.get(family, False):
             out["skipped"].append({"env": env_id, "why": f"backend of {family} not installed"})
             continue
-        for algo in ("tad-ppo", "mappo"):
+        for algo in args.algos:
             for seed in args.seeds:
-                a, _ = build(algo, env_id, seed, args.set)
-                t0 = time.perf_counter()
-                while a.env_steps < args.steps:
-                    a.train_iteration()
-                ev = a.evaluate(args.eval_episodes)
-                out["results"].append({"env": env_id, "algo": algo, "seed": seed, "env_steps": a.env_steps,
-                                       "wall_s": time.perf_counter() - t0, **ev})
-                print(f"{env_id} {algo} seed {seed}: win {ev['eval/win_rate']:.2f} return {ev['eval/return']:.2f}",
-                      flush=True)
+                out["runs"].append(_train_with_evals(algo, env_id, seed, args))
     return out
 
 
@@ -126,58 +127,81 @@ def report(args: argparse.Namespace) -> None:
     lines = ["# TAD-PPO benchmark", ""]
     for cur_path in sorted(args.out.glob("curves*.json")):
         lines += _curves_section(args, cur_path, plt, np)
-    _rest(args, lines)
+    _rest(args, lines, plt, np)
+
+
+SERIES = (("TAD-PPO-T (joint)", "tad-ppo", "eval/joint_return"), ("TAD-PPO (distilled)", "tad-ppo", "eval/return"),
+          ("MAPPO", "mappo", "eval/return"))
+
+
+def _series(runs: list[dict[str, Any]], key_of_return: str) -> list[tuple[str, str, str]]:
+    """(label, algo, metric) of every curve in ``runs``: TAD-PPO's two policies, MAPPO, then the value methods."""
+    algos = list(dict.fromkeys(r["algo"] for r in runs))
+    out = [(label, algo, key.replace("return", key_of_return)) for label, algo, key in SERIES if algo in algos]
+    out += [(algo, algo, f"eval/{key_of_return}") for algo in algos if algo not in POLICY_ALGOS]
+    return out
+
+
+def _curve_table(args: argparse.Namespace, runs: list[dict[str, Any]], metric: str, tag: str, plt: Any, np: Any
+                 ) -> list[str]:
+    """One row per env (final value, mean and per seed), one PNG per env with every series."""
+    series = _series(runs, metric)
+    lines = ["| env | " + " | ".join(label for label, _, _ in series) + " |", "|---|" + "---|" * len(series)]
+    for env_id in sorted({r["env"] for r in runs}):
+        env_runs = [r for r in runs if r["env"] == env_id]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        cells = []
+        for label, algo, key in series:
+            rs = [r for r in env_runs if r["algo"] == algo]
+            if not rs:
+                cells.append("-")
+                continue
+            n = min(len(r["points"]) for r in rs)
+            x = np.array([p["env_steps"] for p in rs[0]["points"][:n]])
+            y = np.array([[p[key] for p in r["points"][:n]] for r in rs])
+            ax.plot(x, y.mean(0), label=label)
+            ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+            finals = y[:, -1]
+            cells.append(f"{finals.mean():.2f} (seeds: {', '.join(f'{v:.2f}' for v in finals)})")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"greedy eval {metric.replace('_', ' ')}")
+        ax.set_title(env_id)
+        ax.legend(fontsize=8)
+        png = args.out / f"{'winrate' if metric == 'win_rate' else 'curve'}_{env_id.replace(':', '_').replace(',', '_')}" \
+                         f"{'_' + tag if tag else ''}.png"
+        fig.savefig(png, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        lines.append(f"| {env_id} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _curves_section(args: argparse.Namespace, cur_path: Path, plt: Any, np: Any) -> list[str]:
-    lines: list[str] = []
     cur = _load(cur_path)
+    if not cur:
+        return []
     tag = cur_path.stem.removeprefix("curves").lstrip("_")
-    if cur:
-        lines += [f"## Didactic games (greedy eval, {cur['steps']} env steps, seeds {cur['seeds']})", "",
-                  f"Command: `python bench/tad.py {' '.join(cur.get('argv', []))}`", "",
-                  "| env | TAD-PPO-T (joint) | TAD-PPO (distilled) | MAPPO |", "|---|---|---|---|"]
-        for env_id in sorted({r["env"] for r in cur["runs"]}):
-            runs = [r for r in cur["runs"] if r["env"] == env_id]
-            fig, ax = plt.subplots(figsize=(6, 4))
-            cells = {}
-            for label, algo, key in (("TAD-PPO-T", "tad-ppo", "eval/joint_return"),
-                                     ("TAD-PPO", "tad-ppo", "eval/return"), ("MAPPO", "mappo", "eval/return")):
-                rs = [r for r in runs if r["algo"] == algo]
-                if not rs:
-                    continue
-                x = np.array([p["env_steps"] for p in rs[0]["points"]])
-                n = min(len(r["points"]) for r in rs)
-                y = np.array([[p[key] for p in r["points"][:n]] for r in rs])
-                ax.plot(x[:n], y.mean(0), label=label)
-                ax.fill_between(x[:n], y.min(0), y.max(0), alpha=0.2)
-                finals = y[:, -1]
-                cells[label] = f"{finals.mean():.2f} (seeds: {', '.join(f'{v:.2f}' for v in finals)})"
-            ax.set_xlabel("env steps")
-            ax.set_ylabel("greedy eval return")
-            ax.set_title(env_id)
-            ax.legend()
-            png = args.out / f"curve_{env_id.replace(':', '_').replace(',', '_')}{'_' + tag if tag else ''}.png"
-            fig.savefig(png, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            lines.append(f"| {env_id} | {cells.get('TAD-PPO-T', '-')} | {cells.get('TAD-PPO', '-')} | "
-                         f"{cells.get('MAPPO', '-')} |")
-        lines.append("")
-    return lines
+    lines = [f"## Didactic games{' (' + tag + ')' if tag else ''}: greedy eval return, {cur['steps']} env steps, "
+             f"seeds {cur['seeds']}", "",
+             f"Command: `python bench/tad.py {' '.join(cur.get('argv', []))}`", ""]
+    return lines + _curve_table(args, cur["runs"], "return", tag, plt, np)
 
 
-def _rest(args: argparse.Namespace, lines: list[str]) -> None:
-    win = _load(args.out / "winrate.json")
-    if win:
-        lines += [f"## Win rate after {win['steps']} env steps", "",
-                  f"Command: `python bench/tad.py {' '.join(win.get('argv', []))}`", "",
-                  "| env | algo | seed | win rate | return |",
-                  "|---|---|---|---|---|"]
-        for r in win["results"]:
-            lines.append(f"| {r['env']} | {r['algo']} | {r['seed']} | {r['eval/win_rate']:.2f} | "
-                         f"{r['eval/return']:.2f} |")
+def _rest(args: argparse.Namespace, lines: list[str], plt: Any, np: Any) -> None:
+    for win_path in sorted(args.out.glob("winrate*.json")):
+        win = _load(win_path)
+        if not win or "runs" not in win:
+            continue
+        tag = win_path.stem.removeprefix("winrate").lstrip("_")
+        lines += [f"## Win rate vs env steps ({win['steps']} env steps, seeds {win['seeds']}, greedy eval)", "",
+                  f"Command: `python bench/tad.py {' '.join(win.get('argv', []))}`", ""]
+        lines += _curve_table(args, win["runs"], "win_rate", tag, plt, np)
         for s in win["skipped"]:
-            lines.append(f"| {s['env']} | skipped: {s['why']} | | | |")
+            lines.append(f"- {s['env']}: skipped ({s['why']})")
+        walls = {}
+        for r in win["runs"]:
+            walls.setdefault((r["env"], r["algo"]), []).append(r["wall_s"])
+        lines.append("Wall time per run (CPU, one torch thread): " + "; ".join(
+            f"{env} {algo} {np.mean(w):.0f} s" for (env, algo), w in walls.items()) + ".")
         lines.append("")
     tim = _load(args.out / "timing.json")
     if tim:
@@ -213,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--iterations", type=int, default=5, help="timed iterations per algorithm (timing)")
     p.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
+    p.add_argument("--algos", type=lambda s: s.split(","), default=["tad-ppo", "mappo"],
+                   help="algorithms of curves/winrate (value methods too, e.g. vdn,qmix,qtran-base,ow-qmix)")
+    p.add_argument("--value-set", action="append", default=[],
+                   help="config override for the value methods only (--set applies to tad-ppo and mappo)")
     p.add_argument("--tag", default="", help="suffix of the section's JSON file (keeps several curve settings)")
     args = p.parse_args(argv)
     import torch
