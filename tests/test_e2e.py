@@ -112,7 +112,8 @@ def test_qtran_matrix_train_export_serve_run_replay(tmp_path):
     _marlctl("export", str(run_dir), "--out", str(model))
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["algorithm"] == "qtran-base" and manifest["n_agents"] == 2
-    summary, records, _ = _serve_run_replay(model, "matrix:qtran", 2, tmp_path, episodes=8)
+    summary, records, _ = _serve_run_replay(model, "matrix:qtran", 2, tmp_path, episodes=8,
+                                            extra=("--transport", "multiplex"))
     # Each agent, seeing only its own observation through its own service, picks A: the optimum (A, A) -> 8.
     assert summary["episodes"] == 8 and summary["aborted"] == 0 and summary["fallbacks"] == []
     assert summary["mean_return"] == 8.0 and summary["return_ci"] == [8.0, 8.0]
@@ -123,13 +124,13 @@ def test_qtran_matrix_train_export_serve_run_replay(tmp_path):
 
 
 def _run_and_replay_in_process(model: Path, env_id: str, n_agents: int, tmp: Path, episodes: int,
-                               concurrency: int) -> list:
+                               concurrency: int, transport: str = "stream") -> list:
     """Agents as separate `marlctl serve` processes; the runner and replay in this process (one JIT of the env)."""
     agents = [start_agent(model, i, tmp) for i in range(n_agents)]
     try:
         result = EpisodeRunner(RunConfig(env_id=env_id, agents=tuple(a.address for a in agents), episodes=episodes,
                                          concurrency=concurrency, seed=7, record_dir=tmp / "records",
-                                         record_obs=True, timeout_ms=10_000)).run()
+                                         record_obs=True, timeout_ms=10_000, transport=transport)).run()
     finally:
         for a in agents:
             a.stop()
@@ -177,7 +178,9 @@ def test_smax_3m_train_export_serve_run_replay(tmp_path):
     # A tiny QTRAN-alt run (outcome, not win rate, is the point): SMAX through the services, outcome fields
     # sane and identical on replay, and one JIT of the env per process.
     model = _train_tiny_and_export("qtran-alt", "smax:3m", tmp_path, "env.num_envs=8")
-    records = _run_and_replay_in_process(model, "smax:3m", 3, tmp_path, episodes=2, concurrency=2)
+    # the multiplexed transport: both episodes share one stream per agent
+    records = _run_and_replay_in_process(model, "smax:3m", 3, tmp_path, episodes=2, concurrency=2,
+                                         transport="multiplex")
     _assert_sane(records, limit=100)
     for rec in records:
         assert not rec.outcome.won or rec.outcome.terminated  # a win ends the episode
