@@ -232,3 +232,22 @@ def test_draining_refuses_new_episodes_row_by_row(model_dir):
         stream.close()
     finally:
         st.close()
+
+
+def test_drain_waits_for_live_slots_then_ends_the_stream_with_unavailable(model_dir):
+    import asyncio
+
+    st = make_server(model_dir, grace_s=0.3)
+    try:
+        obs, avail = episodes(6, 2, 2)
+        stream = Stream(st)
+        assert stream.send([0, 1], [True, True], obs[:, 0], avail[:, 0]).codes.tolist() == [OK, OK]
+        drain = asyncio.run_coroutine_threadsafe(st.server.drain_and_stop(), st.loop)
+        with pytest.raises(grpc.RpcError) as exc:  # the episodes never end; the server ends them after the grace
+            next(stream.call)
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE and "grace period" in exc.value.details()
+        drain.result(30)
+        assert len(st.server.servicer.episodes) == 0
+        stream._q.put(None)  # end the client's request iterator
+    finally:
+        st.close()
