@@ -30,6 +30,7 @@ Design (DESIGN.md, "Agent service contract"; proto/agent.proto):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import re
@@ -427,32 +428,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except RequestError as err:
             await self._refuse(context, err, episode_id)
             return
+        async with self._stream_lifetime(context, "episode"):
+            try:
+                while (raw := await context.read()) is not grpc.aio.EOF:
+                    t0 = time.perf_counter_ns()
+                    try:
+                        obs_O, avail_A, client_eid = wire.decode_observation(raw)
+                    except ValueError as exc:
+                        await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)),
+                                           episode_id)
+                        return
+                    if client_eid and ep.step == 0:
+                        log.debug("stream %s is client episode %s", episode_id, client_eid)
+                    try:
+                        await context.write(wire.encode_decision(*await self._decide(ep, obs_O, avail_A, t0)))
+                    except RequestError as err:
+                        await self._refuse(context, err, client_eid or episode_id)
+                        return
+            finally:
+                episodes.close(episode_id)
+
+    @contextlib.asynccontextmanager
+    async def _stream_lifetime(self, context: grpc.aio.ServicerContext, what: str) -> AsyncIterator[None]:
+        """A stream handler's body: listed for ``end_streams``; cancelled by the drain after the grace period,
+        it ends with UNAVAILABLE and says why."""
         task = asyncio.current_task()
         if task is not None:
             self._stream_tasks.add(task)
         try:
-            while (raw := await context.read()) is not grpc.aio.EOF:
-                t0 = time.perf_counter_ns()
-                try:
-                    obs_O, avail_A, client_eid = wire.decode_observation(raw)
-                except ValueError as exc:
-                    await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)), episode_id)
-                    return
-                if client_eid and ep.step == 0:
-                    log.debug("stream %s is client episode %s", episode_id, client_eid)
-                try:
-                    await context.write(wire.encode_decision(*await self._decide(ep, obs_O, avail_A, t0)))
-                except RequestError as err:
-                    await self._refuse(context, err, client_eid or episode_id)
-                    return
+            yield
         except asyncio.CancelledError:
-            if self.draining:  # ended by shutdown after the grace period: tell the client why
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details("server shut down; episode ended after the drain grace period")
-                return
-            raise
+            if not self.draining:
+                raise
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(f"server shut down; {what} ended after the drain grace period")
         finally:
-            episodes.close(episode_id)
             if task is not None:
                 self._stream_tasks.discard(task)
 
@@ -468,33 +478,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._refuse(context, err, stream_id)
             return
         state = SlotState(model.hidden_dim)
-        task = asyncio.current_task()
-        if task is not None:
-            self._stream_tasks.add(task)
-        try:
-            while (raw := await context.read()) is not grpc.aio.EOF:
-                t0 = time.perf_counter_ns()
-                try:
-                    rows = wire.decode_observation_batch(raw)
-                    self._check_rows(model, rows)
-                    reply = await self._decide_rows(model, episodes, state, rows, t0)
-                except ValueError as exc:
-                    await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)), stream_id)
-                    return
-                except RequestError as err:
-                    await self._refuse(context, err, stream_id)
-                    return
-                await context.write(reply)
-        except asyncio.CancelledError:
-            if self.draining:
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details("server shut down; episodes ended after the drain grace period")
-                return
-            raise
-        finally:
-            episodes.remove_slots(state.live_count())
-            if task is not None:
-                self._stream_tasks.discard(task)
+        async with self._stream_lifetime(context, "episodes"):
+            try:
+                while (raw := await context.read()) is not grpc.aio.EOF:
+                    t0 = time.perf_counter_ns()
+                    try:
+                        rows = wire.decode_observation_batch(raw)
+                        self._check_rows(model, rows)
+                        reply = await self._decide_rows(model, episodes, state, rows, t0)
+                    except ValueError as exc:
+                        await self._refuse(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)),
+                                           stream_id)
+                        return
+                    except RequestError as err:
+                        await self._refuse(context, err, stream_id)
+                        return
+                    await context.write(reply)
+            finally:
+                episodes.remove_slots(state.live_count())
 
     def _check_rows(self, model: AgentModel, rows: wire.ObservationRows) -> None:
         """A message that cannot be read as rows ends the stream (INVALID_ARGUMENT); row-level problems don't."""

@@ -117,3 +117,20 @@ def write_checkpoint(run_dir: Path, seed: int = 0, env_id: str = ENV_ID) -> Path
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, run_dir / "checkpoints" / "latest.pt")
     return run_dir
+
+
+def reference(model_dir: Path, obs_TO: Any, avail_TA: Any, agent: int = 1) -> tuple[Any, Any]:
+    """One episode of agent ``agent`` in process: ONNX Runtime, batch 1, hidden state and previous action carried;
+    ``(actions [T], scores [T, A])``."""
+    import numpy as np
+    from marlctl.serving.model import load_agent_model
+
+    model = load_agent_model(model_dir, agent)
+    hidden, prev = model.initial_hidden(1), np.array([-1], np.int64)
+    actions, scores = [], []
+    for obs_O, avail_A in zip(obs_TO, avail_TA, strict=True):
+        a, q, hidden = model.infer(obs_O[None], prev, avail_A[None], hidden)
+        actions.append(int(a[0]))
+        scores.append(q[0])
+        prev = a
+    return np.array(actions), np.stack(scores)

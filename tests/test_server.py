@@ -16,9 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from marlctl.proto import agent_pb2, agent_pb2_grpc
-from marlctl.serving.model import load_agent_model
 from marlctl.serving.server import SERVICE_NAME, ServerConfig
-from serving_helpers import ServerThread, export_model, free_port, wait_for
+from serving_helpers import ServerThread, export_model, free_port, reference, wait_for
 
 OBS_DIM, N_ACTIONS = 10, 2
 BATCH_SIZES: list[int] = []  # server-reported batch size of every decision the helpers below received
@@ -53,18 +52,6 @@ def episode_inputs(seed: int, T: int = 12) -> tuple[np.ndarray, np.ndarray]:
     avail_TA[~avail_TA.any(axis=1), 0] = True
     return obs_TO, avail_TA
 
-
-def reference(model_dir: Path, obs_TO: np.ndarray, avail_TA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """In-process ONNX Runtime, batch 1, hidden state and previous action carried."""
-    model = load_agent_model(model_dir, 1)
-    hidden, prev = model.initial_hidden(1), np.array([-1], np.int64)
-    actions, scores = [], []
-    for obs_O, avail_A in zip(obs_TO, avail_TA, strict=True):
-        a, q, hidden = model.infer(obs_O[None], prev, avail_A[None], hidden)
-        actions.append(int(a[0]))
-        scores.append(q[0])
-        prev = a
-    return np.array(actions), np.stack(scores)
 
 
 def obs_msg(obs_O: np.ndarray, avail_A: np.ndarray) -> agent_pb2.Observation:

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from marlctl.proto import agent_pb2
 from marlctl.serving import wire
-from marlctl.serving.model import load_agent_model
 from marlctl.serving.server import ServerConfig
-from serving_helpers import ServerThread, export_model, wait_for
+from serving_helpers import ServerThread, export_model, reference, wait_for
 
 OBS_DIM, N_ACTIONS = 10, 2
 METHOD = "/marlctl.agent.v1.AgentService/Episodes"
@@ -63,18 +62,6 @@ def episodes(seed: int, K: int, T: int) -> tuple[np.ndarray, np.ndarray]:
     avail_KTA = rng.random((K, T, N_ACTIONS)) < 0.6
     avail_KTA[~avail_KTA.any(-1), 0] = True
     return obs_KTO, avail_KTA
-
-
-def reference(model_dir: Path, obs_TO: np.ndarray, avail_TA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One episode alone in process: ONNX Runtime, batch 1, hidden state and previous action carried."""
-    model = load_agent_model(model_dir, 1)
-    hidden, prev, actions, scores = model.initial_hidden(1), np.array([-1], np.int64), [], []
-    for obs_O, avail_A in zip(obs_TO, avail_TA, strict=True):
-        a, q, hidden = model.infer(obs_O[None], prev, avail_A[None], hidden)
-        actions.append(int(a[0]))
-        scores.append(q[0])
-        prev = a
-    return np.array(actions), np.stack(scores)
 
 
 def test_multiplexed_episodes_decide_like_separate_episodes(model_dir, server):
