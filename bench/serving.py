@@ -10,9 +10,9 @@ episodes (each a 100-step episode loop: observation out, decision back, next obs
 In-process baselines at K concurrent episodes run one batched call of K rows per step. Writes
 ``bench/results/serving.{json,md}``.
 
-    python bench/serving.py [--seconds 2] [--concurrency 1,16,64,256]
+    python bench/serving.py [--seconds 2] [--concurrency 1,16,64,256] [--repeat 3]
 
-Bounded: about (#systems x #concurrency x seconds) plus server start-ups; ~2-4 minutes by default.
+Bounded: about (#systems x #concurrency x seconds) plus server start-ups; ~3-5 minutes per round by default.
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
     lat_us = np.array(lat) * 1e6
     cell = Cell("", concurrency, n / seconds, float(np.percentile(lat_us, 50)), float(np.percentile(lat_us, 99)), n)
     if mux is not None:
-        cell.rows_per_message = n / max(mux.messages, 1)
+        cell.rows_per_message = mux.rows / max(mux.messages, 1)
     return cell
 
 
@@ -362,6 +362,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per cell")
     ap.add_argument("--concurrency", default="1,16,64,256", help="concurrent episodes per cell")
     ap.add_argument("--modes", default="auto,loop,thread,off", help="batching modes of our server to measure (stream)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds over every system; each figure is the median over the rounds")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="let the OS place client and server (default: server on core 0, client on the other cores, "
                          "as when each agent pod has its own CPU)")
@@ -395,39 +397,47 @@ def main() -> None:
         checkpoint, model_dir = make_team(Path(tmp))
         manifest = json.loads((model_dir / "manifest.json").read_text())
         obs_TO, avail_TA = episode_data(manifest["obs_dim"], manifest["n_actions"])
-        for kind in ("onnxruntime", "pytorch"):
-            for K in Ks:
-                record(f"in-process {kind}", bench_in_process(kind, model_dir, checkpoint, K, args.seconds, obs_TO, avail_TA))
-        for mode in modes:
-            port = free_port()
-            proc = start_process([sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0",
-                                  "--host", "127.0.0.1", "--port", str(port), "--batching", mode,
-                                  "--log-level", "error", "--grace", "1"], f"127.0.0.1:{port}")
-            try:
-                for call in ("stream", "multiplex", "unary") if mode == "auto" else ("stream",):
-                    for K in Ks:
-                        cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA, proc.pid)
-                        record(f"marlctl serve {call} ({mode})", cell)
-            finally:
-                stop_process(proc)
-        port = free_port()
-        proc = start_process([sys.executable, __file__, "--echo-server", str(port)], f"127.0.0.1:{port}")
-        try:
-            for K in Ks:
-                record("bare grpc.aio echo stream (floor)", bench_service(f"127.0.0.1:{port}", "echo", K, args.seconds,
-                                                                         obs_TO, avail_TA, proc.pid))
-        finally:
-            stop_process(proc)
-        port = free_port()
-        proc = start_process([sys.executable, __file__, "--naive-server", str(checkpoint), str(port)], f"127.0.0.1:{port}")
-        try:
-            for call in ("stream", "unary"):
+        servers = [(f"marlctl serve {{}} ({mode})", ("stream", "multiplex", "unary") if mode == "auto" else ("stream",),
+                    [sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0", "--host",
+                     "127.0.0.1", "--port", "{port}", "--batching", mode, "--log-level", "error", "--grace", "1"])
+                   for mode in modes]
+        servers.append(("bare grpc.aio echo stream (floor)", ("echo",), [sys.executable, __file__, "--echo-server",
+                                                                          "{port}"]))
+        servers.append(("plain gRPC + PyTorch {}", ("stream", "unary"),
+                        [sys.executable, __file__, "--naive-server", str(checkpoint), "{port}"]))
+        for rnd in range(args.repeat):  # rounds: every system once per round, so slow drifts of the load hit all
+            if args.repeat > 1:
+                print(f"-- round {rnd + 1} of {args.repeat}", flush=True)
+            for kind in ("onnxruntime", "pytorch"):
                 for K in Ks:
-                    record(f"plain gRPC + PyTorch {call}", bench_service(f"127.0.0.1:{port}", call, K, args.seconds,
-                                                                        obs_TO, avail_TA, proc.pid))
-        finally:
-            stop_process(proc)
-    write_results(cells, args, manifest)
+                    record(f"in-process {kind}",
+                           bench_in_process(kind, model_dir, checkpoint, K, args.seconds, obs_TO, avail_TA))
+            for label, calls, cmd in servers:
+                port = free_port()
+                proc = start_process([c.replace("{port}", str(port)) for c in cmd], f"127.0.0.1:{port}")
+                try:
+                    for call in calls:
+                        for K in Ks:
+                            cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA, proc.pid)
+                            record(label.format(call), cell)
+                finally:
+                    stop_process(proc)
+    write_results(median_cells(cells), args, manifest)
+
+
+def median_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per (system, K): the median of each figure over the rounds (first-seen order)."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.system, c.concurrency), []).append(c)
+    out = []
+    for (system, k), cs in groups.items():
+        med = {f: float(np.median([getattr(c, f) for c in cs]))
+               for f in ("decisions_per_s", "p50_us", "p99_us", "server_cpu_us", "rows_per_message")}
+        out.append(Cell(system, k, med["decisions_per_s"], med["p50_us"], med["p99_us"],
+                        int(np.median([c.decisions for c in cs])), med["server_cpu_us"], med["rows_per_message"]))
+        out[-1].rounds = len(cs)  # type: ignore[attr-defined]
+    return out
 
 
 def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -> None:
@@ -441,7 +451,7 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
         "n_actions": manifest["n_actions"], "hidden_dim": manifest["hidden_dim"], "seconds_per_cell": args.seconds,
         "episode_len": EPISODE_LEN, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-        "pinned": bool(args.pin),
+        "pinned": bool(args.pin), "rounds": args.repeat,
         "note": ("server process pinned to core 0, client (one Python grpc.aio process) to the other cores"
                  if args.pin else "client and server share the machine's cores; the client is one Python grpc.aio process"),
     }
@@ -452,7 +462,8 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
     by = {(c.system, c.concurrency): c for c in cells}
     lines = [f"# Serving benchmark ({meta['date']})", "",
              f"Agent: {ENV_ID} (obs {meta['obs_dim']}, {meta['n_actions']} actions, GRU hidden {meta['hidden_dim']}); "
-             f"{meta['cpu_count']} CPU cores, {meta['note']}; {args.seconds:g} s per cell; "
+             f"{meta['cpu_count']} CPU cores, {meta['note']}; {args.seconds:g} s per cell, median of "
+             f"{args.repeat} round(s); "
              f"onnxruntime {meta['onnxruntime']}, torch {meta['torch']}.", "",
              "## One episode (K=1): decision latency", "",
              "| system | p50 us | p99 us | decisions/s | p50 / in-process ORT |", "|---|---:|---:|---:|---:|"]

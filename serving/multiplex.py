@@ -68,7 +68,9 @@ class AgentMux:
         self._drainer: asyncio.Task | None = None
         self._failed_before = False
         self.messages = 0
-        """ObservationBatch messages sent (rows / messages = the client-side batch size)."""
+        """ObservationBatch messages sent."""
+        self.rows = 0
+        """Rows (decisions asked) sent; rows / messages = the client-side batch size."""
 
     # ---- episodes ---------------------------------------------------------------------------------------------
     def open_slot(self) -> int:
@@ -153,6 +155,7 @@ class AgentMux:
                     np.array(ended, np.uint32))
                 await self._call.write(message)
                 self.messages += 1
+                self.rows += len(rows)
                 raw = await self._call.read()
                 if raw is grpc.aio.EOF:
                     raise ConnectionError("the service closed the stream")

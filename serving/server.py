@@ -528,42 +528,49 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         slots_R, start_R = rows.slots.astype(np.int64), rows.start
         obs_RO, avail_RA = rows.obs.reshape(R, model.obs_dim), rows.avail.reshape(R, A)
         state.ensure(int(slots_R.max()) + 1 if R else 0)
+        live_R = state.live_S[slots_R]
+        new_R = start_R & ~live_R
         code_R = np.zeros(R, np.uint32)
         reasons: list[str] = []
+        all_ok = bool((np.isfinite(obs_RO).all(1) & avail_RA.any(1) & (start_R | live_R)).all()) and \
+            not (self.draining and start_R.any()) and int(new_R.sum()) <= episodes.free()
+        if not all_ok:  # refuse row by row; the first reason of each kind goes back in the reply
+            def refuse(mask_R: np.ndarray, code: grpc.StatusCode, why: str) -> None:
+                mask_R = mask_R & (code_R == 0)
+                if mask_R.any():
+                    code_R[mask_R] = code.value[0]
+                    reasons.append(f"slot {int(slots_R[np.argmax(mask_R)])}: {why}")
 
-        def refuse(mask_R: np.ndarray, code: grpc.StatusCode, why: str) -> None:
-            mask_R = mask_R & (code_R == 0)
-            if mask_R.any():
-                code_R[mask_R] = code.value[0]
-                reasons.append(f"slot {int(slots_R[np.argmax(mask_R)])}: {why}")
-
-        refuse(~np.isfinite(obs_RO).all(1), C.INVALID_ARGUMENT, "obs has NaN/Inf; observations must be finite")
-        refuse(~avail_RA.any(1), C.INVALID_ARGUMENT, "avail_actions is all false: at least one action must be available")
-        live_R = state.live_S[slots_R]
-        refuse(~start_R & ~live_R, C.FAILED_PRECONDITION, "no live episode in this slot (begin one with start=true)")
-        if self.draining:
-            refuse(start_R, C.UNAVAILABLE, "server is draining: no new episodes; use another replica")
-        new_R = start_R & ~live_R & (code_R == 0)
-        over = int(new_R.sum()) - episodes.free()
-        if over > 0:
-            refuse(new_R & (np.cumsum(new_R) > int(new_R.sum()) - over), C.RESOURCE_EXHAUSTED,
-                   f"live-episode bound reached ({episodes.max_episodes}); end episodes or retry later")
-        ok = np.flatnonzero(code_R == 0)
+            refuse(~np.isfinite(obs_RO).all(1), C.INVALID_ARGUMENT, "obs has NaN/Inf; observations must be finite")
+            refuse(~avail_RA.any(1), C.INVALID_ARGUMENT,
+                   "avail_actions is all false: at least one action must be available")
+            refuse(~start_R & ~live_R, C.FAILED_PRECONDITION, "no live episode in this slot (begin one with start=true)")
+            if self.draining:
+                refuse(start_R, C.UNAVAILABLE, "server is draining: no new episodes; use another replica")
+            new_R = new_R & (code_R == 0)
+            over = int(new_R.sum()) - episodes.free()
+            if over > 0:
+                refuse(new_R & (np.cumsum(new_R) > int(new_R.sum()) - over), C.RESOURCE_EXHAUSTED,
+                       f"live-episode bound reached ({episodes.max_episodes}); end episodes or retry later")
+        ok = np.arange(R) if all_ok else np.flatnonzero(code_R == 0)
         action_R = np.full(R, -1, np.int32)
         scores_RA = np.full((R, A), np.nan, np.float32)
         step_R = np.zeros(R, np.uint32)
         inf_ns = 0
         if ok.size:
             sl, fresh = slots_R[ok], start_R[ok]
-            episodes.add_slots(int((fresh & ~live_R[ok]).sum()))
-            hidden_BH = np.where(fresh[:, None], np.float32(0.0), state.hidden_SH[sl])
-            prev_B = np.where(fresh, -1, state.prev_S[sl])
+            episodes.add_slots(int(new_R[ok].sum()))
+            hidden_BH, prev_B, step_B = state.hidden_SH[sl], state.prev_S[sl], state.step_S[sl]
+            if fresh.any():
+                hidden_BH[fresh], prev_B[fresh], step_B[fresh] = 0.0, -1, 0  # fancy indexing gave copies
             action_B, scores_BA, hidden_out_BH, inf_ns = await self.batcher.decide_rows(  # type: ignore[union-attr]
-                obs_RO[ok], prev_B, avail_RA[ok], hidden_BH)
-            step_B = np.where(fresh, 0, state.step_S[sl]).astype(np.uint32)
+                obs_RO[ok] if not all_ok else obs_RO, prev_B, avail_RA[ok] if not all_ok else avail_RA, hidden_BH)
             state.hidden_SH[sl], state.prev_S[sl], state.step_S[sl] = hidden_out_BH, action_B, step_B + 1
             state.live_S[sl] = True
-            action_R[ok], scores_RA[ok], step_R[ok] = action_B, scores_BA, step_B
+            if all_ok:
+                action_R, scores_RA, step_R = action_B.astype(np.int32), scores_BA, step_B
+            else:
+                action_R[ok], scores_RA[ok], step_R[ok] = action_B, scores_BA, step_B
         dt = time.perf_counter_ns() - t0
         observe_many(self._decision_hist, dt * 1e-9, ok.size)
         if ok.size:
