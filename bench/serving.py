@@ -369,7 +369,11 @@ def main() -> None:
                          "as when each agent pod has its own CPU)")
     ap.add_argument("--naive-server", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true", help="only re-render serving.md from serving.json")
     args = ap.parse_args()
+    if args.render:
+        render_saved(RESULTS / "serving.json")
+        return
     if args.naive_server:
         naive_server(args.naive_server[0], int(args.naive_server[1]))
         return
@@ -425,6 +429,18 @@ def main() -> None:
     write_results(median_cells(cells), args, manifest)
 
 
+def render_saved(path: Path) -> None:
+    """Re-render ``serving.md`` from a saved ``serving.json`` (``--render``)."""
+    data = json.loads(path.read_text())
+    fields = ("system", "concurrency", "decisions_per_s", "p50_us", "p99_us", "decisions", "server_cpu_us",
+              "rows_per_message")
+    cells = [Cell(*(c[f] for f in fields)) for c in data["cells"]]
+    meta = data["meta"]
+    args = argparse.Namespace(seconds=meta["seconds_per_cell"], pin=meta.get("pinned", False),
+                              repeat=meta.get("rounds", 1), date=meta["date"])
+    write_results(cells, args, {k: meta[k] for k in ("obs_dim", "n_actions", "hidden_dim")})
+
+
 def median_cells(cells: list[Cell]) -> list[Cell]:
     """One cell per (system, K): the median of each figure over the rounds (first-seen order)."""
     groups: dict[tuple[str, int], list[Cell]] = {}
@@ -447,7 +463,7 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
     RESULTS.mkdir(parents=True, exist_ok=True)
     ort_by_k = {c.concurrency: c for c in cells if c.system == "in-process onnxruntime"}
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "env_id": ENV_ID, "obs_dim": manifest["obs_dim"],
+        "date": getattr(args, "date", None) or datetime.now(UTC).isoformat(timespec="seconds"), "env_id": ENV_ID, "obs_dim": manifest["obs_dim"],
         "n_actions": manifest["n_actions"], "hidden_dim": manifest["hidden_dim"], "seconds_per_cell": args.seconds,
         "episode_len": EPISODE_LEN, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
@@ -491,6 +507,19 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
     for s in systems:
         lines.append(f"| {s} | " + " | ".join(f"{by[(s, k)].server_cpu_us:.1f}" if (s, k) in by else "-"
                                                for k in Ks) + " |")
+    targets = [("stream p50 at K=1", "marlctl serve stream (auto)", 1, "p50_us", 200, "<="),
+               ("stream p99 at K=1", "marlctl serve stream (auto)", 1, "p99_us", 500, "<="),
+               ("stream decisions/s at K=64", "marlctl serve stream (auto)", 64, "decisions_per_s", 25_000, ">="),
+               ("multiplexed decisions/s at K=64", "marlctl serve multiplex (auto)", 64, "decisions_per_s", 25_000, ">=")]
+    floor = "bare grpc.aio echo stream (floor)"
+    lines += ["", "## The serving issue's targets on this machine", "",
+              "| target | measured | bare gRPC echo (same run) | met |", "|---|---:|---:|---|"]
+    for what, system, k, field, bound, op in targets:
+        if (system, k) in by:
+            got = getattr(by[(system, k)], field)
+            echo = getattr(by[(floor, k)], field) if (floor, k) in by else float("nan")
+            met = got <= bound if op == "<=" else got >= bound
+            lines.append(f"| {what} {op} {bound:,} | {got:,.0f} | {echo:,.0f} | {'yes' if met else 'no'} |")
     lines += ["", "p50/p99 of a service cell = client-side round trip of one decision (observation written to "
               "decision read) while K episodes run; in-process cells time one batched call of K rows.", ""]
     atomic_write_text(RESULTS / "serving.md", "\n".join(lines))
