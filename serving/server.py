@@ -20,6 +20,11 @@ Design (DESIGN.md, "Agent service contract"; proto/agent.proto):
   ``thread`` are within noise of each other for a 77-input GRU agent. The rest is gRPC's own
   per-message work (read + write, ~35-75 us), which is why the stream's Observation/Decision
   bytes are (de)coded by ``serving.wire`` with NumPy instead of per-element protobuf access.
+- ``Episodes`` (the multiplexed stream, ``marlctl run --transport multiplex``): one stream carries
+  many episodes; each message is one batch of rows keyed by slot, their state lives in the stream's
+  ``SlotState`` arrays and the whole message is decided in one ONNX Runtime call
+  (``MicroBatcher.decide_rows``). Bad rows get their own status code in the reply; a message that
+  is not readable as rows ends only its stream. Slots count against ``max_episodes``.
 - Every request is validated before it reaches a batch (lengths, NaN/Inf, all-false mask), so
   a batch holds only valid rows; a bad request fails only its own call/stream, and is logged.
 - Health (``grpc.health.v1``) is NOT_SERVING until the model is loaded, verified and warmed;
