@@ -173,7 +173,8 @@ class AgentMux:
         except Exception as exc:  # noqa: BLE001 - the fault boundary of this agent: logged, counted, recorded
             log.warning("agent %d: multiplexed stream failed: %s: %s", self.index, type(exc).__name__, exc)
             return self._fail(rows, "stream_error")
-        if reply.actions.shape[0] != len(rows):
+        if not reply.actions.shape[0] == reply.codes.shape[0] == len(rows):  # not an answer to this message
+            log.warning("agent %d answered %d rows to a message of %d", self.index, reply.actions.shape[0], len(rows))
             return self._fail(rows, "stream_error")
         if reply.error:
             log.warning("agent %d refused rows: %s", self.index, reply.error)
