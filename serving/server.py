@@ -278,40 +278,43 @@ class MicroBatcher:
     async def decide(self, obs_O: np.ndarray, prev_action: int, avail_A: np.ndarray, hidden_1H: np.ndarray
                      ) -> DecisionOut:
         if self.mode == "off" or (self._auto and self._live_episodes() <= 1 and not self._pending and not self._running):
-            t0 = time.perf_counter_ns()
-            action_B, scores_BA, hidden_BH = self.model.infer(
-                obs_O[None], np.array([prev_action], np.int64), avail_A[None], hidden_1H)
-            dt = time.perf_counter_ns() - t0
-            self._inference.observe(dt * 1e-9)
+            action_B, scores_BA, hidden_BH, dt = await self.decide_rows(
+                obs_O[None], np.array([prev_action], np.int64), avail_A[None], hidden_1H, inline=True)
             return int(action_B[0]), scores_BA[0], hidden_BH, dt, 1
         fut = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(obs_O, prev_action, avail_A, hidden_1H, fut))
         self._wake.set()
         return await fut
 
-    async def decide_rows(self, obs_BO: np.ndarray, prev_B: np.ndarray, avail_BA: np.ndarray, hidden_BH: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Decide rows that arrived together (an ``Episodes`` message): ONNX Runtime calls of at most
-        ``max_batch`` rows, on the loop or the inference thread as the mode says; returns ``(action [B],
-        scores [B, A], hidden [B, H], inference_ns)``."""
-        loop = asyncio.get_running_loop()
-        outs = []
+    async def decide_rows(self, obs_BO: np.ndarray, prev_B: np.ndarray, avail_BA: np.ndarray, hidden_BH: np.ndarray,
+                          inline: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """The one place that runs ONNX Runtime: ``(action [B], scores [B, A], hidden [B, H], inference_ns)`` in
+        calls of at most ``max_batch`` rows, on the inference thread in ``thread`` mode (unless ``inline``), else on
+        the loop. A failing call raises ``RequestError(INTERNAL)`` for the rows it held; the server goes on."""
         t0 = time.perf_counter_ns()
-        for lo in range(0, obs_BO.shape[0], self.config.max_batch):
-            part = (obs_BO[lo: lo + self.config.max_batch], prev_B[lo: lo + self.config.max_batch],
-                    avail_BA[lo: lo + self.config.max_batch], hidden_BH[lo: lo + self.config.max_batch])
-            if self._pool is not None:
-                outs.append(await loop.run_in_executor(self._pool, self.model.infer, *part))
+        try:
+            if obs_BO.shape[0] <= self.config.max_batch:
+                out = await self._infer(obs_BO, prev_B, avail_BA, hidden_BH, inline)
             else:
-                outs.append(self.model.infer(*part))
+                step = self.config.max_batch
+                parts = [await self._infer(obs_BO[lo: lo + step], prev_B[lo: lo + step], avail_BA[lo: lo + step],
+                                           hidden_BH[lo: lo + step], inline) for lo in range(0, obs_BO.shape[0], step)]
+                out = tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+        except Exception as exc:  # noqa: BLE001 - fail these rows' requests, keep serving
+            log.exception("inference failed for a batch of %d", obs_BO.shape[0])
+            raise RequestError(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
         dt = time.perf_counter_ns() - t0
         self._inference.observe(dt * 1e-9)
-        if len(outs) == 1:
-            return (*outs[0], dt)
-        return (*(np.concatenate(x) for x in zip(*outs, strict=True)), dt)
+        return (*out, dt)
+
+    async def _infer(self, *inputs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ONNX Runtime call: on the inference thread in ``thread`` mode unless inline (last argument)."""
+        *arrays, inline = inputs
+        if self._pool is not None and not inline:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.model.infer, *arrays)
+        return self.model.infer(*arrays)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -328,23 +331,15 @@ class MicroBatcher:
             avail_BA = np.stack([p.avail_A for p in batch])
             hidden_BH = np.concatenate([p.hidden_1H for p in batch])
             self._running = True
-            t0 = time.perf_counter_ns()
             try:
-                if self._pool is not None:
-                    action_B, scores_BA, hidden_out_BH = await loop.run_in_executor(
-                        self._pool, self.model.infer, obs_BO, prev_B, avail_BA, hidden_BH)
-                else:
-                    action_B, scores_BA, hidden_out_BH = self.model.infer(obs_BO, prev_B, avail_BA, hidden_BH)
-            except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
-                log.exception("inference failed for a batch of %d", len(batch))
+                action_B, scores_BA, hidden_out_BH, dt = await self.decide_rows(obs_BO, prev_B, avail_BA, hidden_BH)
+            except RequestError as err:
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"inference failed: {exc}"))
+                        p.future.set_exception(RequestError(err.code, str(err)))
                 continue
             finally:
                 self._running = False
-            dt = time.perf_counter_ns() - t0
-            self._inference.observe(dt * 1e-9)
             for i, p in enumerate(batch):
                 if not p.future.done():
                     p.future.set_result((int(action_B[i]), scores_BA[i], hidden_out_BH[i: i + 1], dt, len(batch)))
