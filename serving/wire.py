@@ -15,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 from marlctl.proto import agent_pb2
 
-_OBS_TAG, _AVAIL_TAG, _EPISODE_ID_TAG = 0x0A, 0x12, 0x1A  # fields 1, 2, 3 with wire type 2 (length-delimited)
-
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     """Decode a varint at ``pos``; returns (value, next position). Raises IndexError when truncated."""
@@ -52,33 +50,16 @@ def _encode_varint(value: int) -> bytes:
 def parse_observation(data: bytes) -> tuple[np.ndarray, np.ndarray, str] | None:
     """``(obs float32 [O], avail bool [A], episode_id)`` from a serialized Observation, or None when the
     encoding is not the plain packed one (the caller then uses the protobuf parser)."""
-    obs_O = np.empty(0, np.float32)
-    avail_A = np.empty(0, bool)
-    episode_id = ""
-    seen = set()
-    pos, end = 0, len(data)
+    where = _length_delimited(data, 3)
+    if where is None:
+        return None
+    obs_O, avail_A = _array(data, where, 1, "<f4"), _bools(data, where, 2)
+    if obs_O is None or avail_A is None:
+        return None
+    pos, n = where.get(3, (0, 0))
     try:
-        while pos < end:
-            tag = data[pos]
-            if tag not in (_OBS_TAG, _AVAIL_TAG, _EPISODE_ID_TAG) or tag in seen:
-                return None
-            seen.add(tag)
-            n, pos = _varint(data, pos + 1)
-            if pos + n > end:
-                return None
-            if tag == _OBS_TAG:
-                if n % 4:
-                    return None
-                obs_O = np.frombuffer(data, "<f4", n // 4, pos).astype(np.float32, copy=False)
-            elif tag == _AVAIL_TAG:
-                raw = np.frombuffer(data, np.uint8, n, pos)
-                if (raw > 1).any():  # multi-byte bool varints: legal but not canonical
-                    return None
-                avail_A = raw.astype(bool)
-            else:
-                episode_id = data[pos: pos + n].decode("utf-8")
-            pos += n
-    except (IndexError, ValueError, UnicodeDecodeError):
+        episode_id = data[pos: pos + n].decode("utf-8")
+    except UnicodeDecodeError:
         return None
     return obs_O, avail_A, episode_id
 
