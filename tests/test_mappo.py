@@ -1,29 +1,20 @@
 """MAPPO: learning on hallway, truncation bootstrapping, the exported actor bundle, option errors."""
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 import pytest
 import torch
+from algo_helpers import build_algo
 from marlctl.agents.recurrent import AgentNet, AgentNetConfig
-from marlctl.envs import env_spec
-from marlctl.trainer.config import algorithm_spec, load_config
+from marlctl.trainer.config import load_config
 from marlctl.trainer.errors import ConfigValueError, TrainerError
 from marlctl.trainer.ppo.core import PPOOptions
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def build(env_id: str, *overrides: str, seed: int = 0):
-    cfg = load_config("mappo", env_id, overrides=list(overrides), seed=seed)
-    return algorithm_spec("mappo").build(cfg, env_spec(env_id), torch.device("cpu"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+build = functools.partial(build_algo, "mappo")
 
 
 def test_mappo_learns_to_coordinate_on_hallway() -> None:

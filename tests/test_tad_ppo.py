@@ -6,28 +6,18 @@ import io
 import numpy as np
 import pytest
 import torch
+from algo_helpers import build_algo
 from marlctl.agents.recurrent import AgentNet, AgentNetConfig, GreedyAgentPolicy
 from marlctl.envs import env_spec
-from marlctl.trainer.config import algorithm_spec, load_config
+from marlctl.trainer.config import load_config
 from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.ppo.attention import PrecedingActionAttention
 from marlctl.trainer.ppo.gae import deinterleave, gae, interleave_virtual_steps
 from marlctl.trainer.ppo.networks import TADActor, TADCritic
 from marlctl.trainer.ppo.tad_ppo import TADPPOOptions, paper_attention_dims
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread is fastest and keeps the shared CPUs free."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def build(algo: str, env_id: str, *overrides: str, seed: int = 0):
-    cfg = load_config(algo, env_id, overrides=list(overrides), seed=seed)
-    return algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu"))
+pytestmark = pytest.mark.usefixtures("one_thread")
+build = build_algo
 
 
 def test_attention_sees_only_preceding_actions() -> None:
