@@ -69,6 +69,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 from marlctl.envs.base import BatchedEnv, BatchStep, Env, EnvFamily, EnvSpec, TimeStep
+from marlctl.envs.drawing import BLUE, WHITE, YELLOW
 from marlctl.envs.errors import (
     BackendUnavailableError,
     EnvError,
@@ -426,9 +427,7 @@ _W = 2 * _SCALE + 2 * _MARGIN + 16  # room for the goals
 _H = int(round(0.84 * _SCALE)) + 2 * _MARGIN
 PITCH = (46, 120, 56)
 LINE = (230, 235, 230)
-LEFT = (250, 210, 40)
-RIGHT = (60, 120, 230)
-BALL = (255, 255, 255)
+LEFT, RIGHT, BALL = YELLOW, BLUE, WHITE  # the games' palette (envs/drawing.py)
 RING = (220, 40, 40)
 
 
