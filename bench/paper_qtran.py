@@ -49,7 +49,7 @@ def train_tables(algo: str, seed: int, steps: int, updates: int, workdir: Path) 
     """Train ``algo`` on the matrix game and return its tables and greedy evaluation."""
     from marlctl.trainer.config import load_config
     from marlctl.trainer.learners.matrix_tables import matrix_tables
-    from marlctl.trainer.run import RunLogger, TrainingRun, _spec_of
+    from marlctl.trainer.run import TrainingRun, _spec_of
     from rich.console import Console
 
     overrides = ["env.num_envs=32", f"learner.updates_per_iteration={updates}", "replay.batch_size=32",
@@ -62,12 +62,8 @@ def train_tables(algo: str, seed: int, steps: int, updates: int, workdir: Path) 
     run_dir = workdir / f"{algo}_s{seed}"
     run_dir.mkdir(parents=True)
     run = TrainingRun(cfg, run_dir, _spec_of("matrix:qtran"), Console(quiet=True))
-    logger = RunLogger(run_dir)
     t0 = time.perf_counter()
-    try:
-        summary = run.loop(logger)
-    finally:
-        logger.close()
+    summary = run.loop_to_end()
     tables = matrix_tables(run.algo.learner, run.algo.buffer.gather(np.arange(1)))
     run.close()
     out = tables.to_dict()

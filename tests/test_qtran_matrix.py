@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from marlctl.trainer.config import load_config
 from marlctl.trainer.learners.matrix_tables import MatrixTables, matrix_tables
-from marlctl.trainer.run import RunLogger, TrainingRun, _spec_of
+from marlctl.trainer.run import TrainingRun, _spec_of
 from rich.console import Console
 
 PAYOFF = np.array([[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]])  # Table 1a
@@ -26,11 +26,7 @@ def train(algo: str, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[TrainingRu
     cfg = load_config(algo, "matrix:qtran", overrides=[*BUDGET, *extra], steps=4000, seed=0, device="cpu")
     assert cfg.exploration.epsilon_start == cfg.exploration.epsilon_finish == 1.0  # full exploration
     run = TrainingRun(cfg, tmp, _spec_of(cfg.env.env_id), Console(quiet=True))
-    logger = RunLogger(tmp)
-    try:
-        summary = run.loop(logger)
-    finally:
-        logger.close()
+    summary = run.loop_to_end()
     first = run.algo.buffer.gather(np.arange(1))
     tables = matrix_tables(run.algo.learner, first)
     run.close()

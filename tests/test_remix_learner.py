@@ -9,7 +9,7 @@ import torch
 from marlctl.trainer.config import algorithm_spec, load_config
 from marlctl.trainer.learners.matrix_tables import matrix_tables
 from marlctl.trainer.learners.remix import RecentReplay, RemixBatch
-from marlctl.trainer.run import RunLogger, TrainingRun, _spec_of
+from marlctl.trainer.run import TrainingRun, _spec_of
 from rich.console import Console
 
 PP = "predator_prey:agents=2,prey=1,grid=5,punishment=0.5,reward=1,limit=12"
@@ -69,11 +69,7 @@ def test_remix_finds_the_matrix_optimum(tmp_path: Path) -> None:
                                  "learner.td_lambda=0", "run.progress=false", "run.eval_interval=0",
                                  "run.eval_episodes=8", "run.save_interval=0"])
     run = TrainingRun(cfg, tmp_path, _spec_of("matrix:qtran"), Console(quiet=True))
-    logger = RunLogger(tmp_path)
-    try:
-        summary = run.loop(logger)
-    finally:
-        logger.close()
+    summary = run.loop_to_end()
     tables = matrix_tables(run.algo.learner, run.algo.buffer.gather(np.arange(1)))
     run.close()
     assert tables.greedy == (0, 0), tables.q_i

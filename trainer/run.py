@@ -218,6 +218,15 @@ class TrainingRun:
 
     # -------------------------------------------------------- loop
 
+    def loop_to_end(self) -> RunSummary:
+        """``loop`` with its own JSONL/TensorBoard logger in ``run_dir`` (closed afterwards); the run itself stays
+        open, so its algorithm can still be inspected (benches, tests) before ``close()``."""
+        logger = RunLogger(self.run_dir)
+        try:
+            return self.loop(logger)
+        finally:
+            logger.close()
+
     def loop(self, logger: RunLogger) -> RunSummary:
         cfg, st = self.cfg.run, self.state
         acc = MetricAccumulator()
