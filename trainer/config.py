@@ -1,7 +1,10 @@
 """Typed training configuration: one dataclass per component, layered TOML/JSON loading, the algorithm table.
 
 Layers, later wins: dataclass defaults (pymarl conventions) < ``configs/algo/<algo>.toml`` <
-``configs/env/<family>.toml`` < the user's ``--config FILE`` (TOML or JSON) < ``--set section.key=value``.
+``configs/env/<family>.toml`` < ``configs/env/<family>.<kind>.toml`` < ``configs/env/<family>.<algo>.toml``
+(settings of one env family for one kind of algorithm, ``value`` or ``policy``, or for one algorithm: e.g. the
+policy methods' entropy schedule on the matrix games) < the user's ``--config FILE`` (TOML or JSON) <
+``--set section.key=value``.
 Sections are the fields of ``TrainConfig`` (``run``, ``env``, ``agent``, ``replay``, ``exploration``,
 ``optim``, ``learner``, ``algo``); ``algo`` holds the algorithm's own options dataclass
 (``AlgorithmSpec.config_cls``). An unknown section or key is an error naming the valid ones.
@@ -422,8 +425,10 @@ def load_config(
     **run_fields: Any,
 ) -> TrainConfig:
     """Resolve the layered config of a new run; ``run_fields`` (steps, seed, device) win over every layer."""
-    algorithm_spec(algo)  # a clear error first
-    layers = [_packaged("algo", algo), _packaged("env", env_family(env_id))]
+    kind = algorithm_spec(algo).kind  # a clear error first
+    family = env_family(env_id)
+    layers = [_packaged("algo", algo), _packaged("env", family), _packaged("env", f"{family}.{kind}"),
+              _packaged("env", f"{family}.{algo}")]
     if config_file is not None:
         layers.append(read_config_file(config_file))
     layers.append(parse_overrides(overrides))

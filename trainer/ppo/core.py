@@ -37,7 +37,13 @@ class PPOOptions:
     minibatches: int = 1
     """Minibatches per epoch, split along the environment axis (whole sequences stay together)."""
     entropy_coef: float = 0.01
-    """Entropy bonus weight."""
+    """Entropy bonus weight (the final weight when ``entropy_anneal_steps`` > 0)."""
+    entropy_coef_start: float = 0.01
+    """Entropy bonus weight at step 0 when annealing; ignored when ``entropy_anneal_steps`` = 0."""
+    entropy_anneal_steps: int = 0
+    """Env steps over which the entropy weight goes linearly from ``entropy_coef_start`` to ``entropy_coef``
+    (0 = a constant ``entropy_coef``, as MAPPO). A high start keeps every action sampled while the policy's
+    logits learn how each action's advantage depends on the context (see configs/env/matrix.toml)."""
     value_loss_coef: float = 1.0
     """Weight of the critic loss."""
     huber_delta: float = 10.0
@@ -64,7 +70,8 @@ class PPOOptions:
         checks = {
             "gamma": 0.0 < self.gamma <= 1.0, "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
             "clip": self.clip > 0.0, "epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1,
-            "entropy_coef": self.entropy_coef >= 0.0, "value_loss_coef": self.value_loss_coef >= 0.0,
+            "entropy_coef": self.entropy_coef >= 0.0, "entropy_coef_start": self.entropy_coef_start >= 0.0,
+            "entropy_anneal_steps": self.entropy_anneal_steps >= 0, "value_loss_coef": self.value_loss_coef >= 0.0,
             "huber_delta": self.huber_delta >= 0.0, "critic_lr": self.critic_lr > 0.0,
             "critic_hidden_dim": self.critic_hidden_dim >= 1, "eval_envs": self.eval_envs >= 1,
         }
@@ -73,7 +80,7 @@ class PPOOptions:
             raise ConfigValueError(
                 f"[algo] out of range: {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; valid: gamma in (0, 1], "
                 "gae_lambda in [0, 1], clip/critic_lr > 0, epochs/minibatches/critic_hidden_dim/eval_envs >= 1, "
-                "entropy_coef/value_loss_coef/huber_delta >= 0"
+                "entropy_coef/entropy_coef_start/entropy_anneal_steps/value_loss_coef/huber_delta >= 0"
             )
 
 
@@ -240,6 +247,14 @@ class RecurrentPPOBase:
 
     def _denorm(self, v: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalize(v) if self.opts.value_norm else v
+
+    def _entropy_coef(self) -> float:
+        """The entropy bonus weight for an update made after ``env_steps`` steps (linear anneal, then constant)."""
+        o = self.opts
+        if o.entropy_anneal_steps <= 0:
+            return o.entropy_coef
+        frac = min(1.0, self.env_steps / o.entropy_anneal_steps)
+        return o.entropy_coef_start + frac * (o.entropy_coef - o.entropy_coef_start)
 
     def _tensor(self, x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.tensor(x, device=self.device, dtype=dtype)  # a copy: envs may reuse their arrays

@@ -55,6 +55,7 @@ class MAPPO(RecurrentPPOBase):
 
     def _update(self, ro: Rollout) -> dict[str, float]:
         opts, (T, B, N) = self.opts, ro.actions.shape
+        entropy_coef = self._entropy_coef()
         # Advantages: GAE per agent on the shared team reward, V_i(s) per agent.
         with torch.no_grad():
             per_agent = [x[:, :, None].expand(T, B, N).reshape(T, B * N)
@@ -85,14 +86,14 @@ class MAPPO(RecurrentPPOBase):
                 t_, b_, S = mb.state.shape
                 v_new = self.critic(mb.state.reshape(t_ * b_, S)).view(t_, b_, N)
                 v_loss = ppo_value_loss(v_new, mb.values_norm, target_TBN[:, idx], opts, mask)
-                loss = pg_loss - opts.entropy_coef * ent + opts.value_loss_coef * v_loss
+                loss = pg_loss - entropy_coef * ent + opts.value_loss_coef * v_loss
                 gn_a, gn_c = self._step_optimizers(loss)
                 for k, v in (("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/entropy", ent),
                              ("train/approx_kl", kl), ("train/clip_frac", clip_frac),
                              ("train/grad_norm_actor", gn_a), ("train/grad_norm_critic", gn_c)):
                     sums[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                 n += 1
-        return {k: v / n for k, v in sums.items()}
+        return {**{k: v / n for k, v in sums.items()}, "train/entropy_coef": entropy_coef}
 
 
 def build_mappo(cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> MAPPO:

@@ -11,7 +11,7 @@ the later agents mirror the earlier ones instead of responding to their actions)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from marlctl.agents.recurrent import AgentNet, masked_greedy
@@ -67,6 +67,12 @@ class TADPPOOptions(PPOOptions):
     distill_shares_encoder: bool = True
     """The distillation loss also trains the representation layer and GRU shared with the coordination
     policy (Sec. 5.2: "we share GRU and the representation layer"); False trains only the decentralized head."""
+    distill_target: Literal["sample", "greedy"] = "sample"
+    """What the decentralized actors imitate: ``sample`` - the joint actions the coordination policy sampled
+    (Eq. 6, the cross-entropy to pi_jt); ``greedy`` - its greedy joint action on the same states (Algorithm 1
+    distils the deterministic coordination policy). They differ where pi_jt spreads over several optimal
+    joint actions: a product of marginals of that mixture can pair one agent's part of one optimum with the
+    other agent's part of another (matrix:tad10's matrix 4 has five optima on its anti-diagonal)."""
     per_agent_heads: bool = True
     """Each position of the virtual order gets its own coordination-policy head (the representation layer,
     GRU and attention stay shared). With one shared head the later agents mirror the earlier agents'
@@ -116,25 +122,31 @@ class TADPPO(RecurrentPPOBase):
         if mode == "greedy":  # TAD-PPO: decentralized execution
             actions_BN = masked_greedy(logits_e_BNA, avail_BNA)
             return actions_BN, torch.zeros_like(actions_BN, dtype=torch.float32), h_BNH.new_zeros(actions_BN.shape), h_BNH
-        B = obs_BNO.shape[0]
-        actions_BN = torch.zeros(B, self.N, dtype=torch.int64, device=obs_BNO.device)
-        logp_BN = torch.zeros(B, self.N, device=obs_BNO.device)
-        for i in range(self.N):  # the virtual order: agent i sees a_<i
+        actions_BN, logp_BN = self._decide_in_order(h_BNH, avail_BNA, greedy=mode != "sample")
+        values_BN = self.critic(state_BS, actions_BN) if mode == "sample" else torch.zeros_like(logp_BN)
+        return actions_BN, logp_BN, values_BN, h_BNH
+
+    def _decide_in_order(
+        self, h_BNH: torch.Tensor, avail_BNA: torch.Tensor, greedy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coordination policy's joint action ``[B, N]`` and log-probs ``[B, N]``: agents decide one after
+        another in the virtual order, agent ``i`` seeing ``a_<i`` (sampled, or greedy = TAD-PPO-T)."""
+        B = h_BNH.shape[0]
+        actions_BN = torch.zeros(B, self.N, dtype=torch.int64, device=h_BNH.device)
+        logp_BN = torch.zeros(B, self.N, device=h_BNH.device)
+        for i in range(self.N):
             logits_BA = masked_logits(self.actor.coord_logits_agent(h_BNH[:, i], actions_BN[:, :i]), avail_BNA[:, i])
-            if mode == "sample":
-                a_B = sample_actions(logits_BA, self.generator)
-            else:  # "joint": greedy TAD-PPO-T
-                a_B = logits_BA.argmax(-1)
+            a_B = logits_BA.argmax(-1) if greedy else sample_actions(logits_BA, self.generator)
             actions_BN[:, i] = a_B
             logp_BN[:, i] = torch.log_softmax(logits_BA, -1).gather(-1, a_B[:, None]).squeeze(-1)
-        values_BN = self.critic(state_BS, actions_BN) if mode == "sample" else logp_BN.new_zeros(B, self.N)
-        return actions_BN, logp_BN, values_BN, h_BNH
+        return actions_BN, logp_BN
 
     def _bootstrap_values(self, state_BS: torch.Tensor) -> torch.Tensor:
         return self.critic.first_value(state_BS)[:, None].expand(-1, self.N)
 
     def _update(self, ro: Rollout) -> dict[str, float]:
         opts, (T, B, N) = self.opts, ro.actions.shape
+        entropy_coef = self._entropy_coef()
         gamma_v = opts.gamma ** (1.0 / N)  # Theorem 5.1: gamma' = gamma^(1/n)
         lam_v = opts.gae_lambda ** (1.0 / N) if opts.transform_lambda else opts.gae_lambda
         with torch.no_grad():
@@ -167,13 +179,19 @@ class TADPPO(RecurrentPPOBase):
                 # Distillation loss (Eq. 6): -sum_i log pi_E(a_i | tau_i), a ~ pi_jt on the visited states.
                 if not opts.distill_shares_encoder:
                     logits_e = self.actor.decentralized.head(h.detach())
-                logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, mb.actions)
+                targets = mb.actions
+                if opts.distill_target == "greedy":  # the deterministic coordination policy (Algorithm 1, line 6)
+                    with torch.no_grad():
+                        greedy, _ = self._decide_in_order(h.detach().reshape(t_ * b_, N, H),
+                                                          mb.avail.reshape(t_ * b_, N, -1), greedy=True)
+                    targets = greedy.view(t_, b_, N)
+                logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, targets)
                 distill = masked_mean(-logp_e.sum(-1), mb.valid)
                 # Value loss: V(s, a_<i) of every virtual step.
                 S = mb.state.shape[-1]
                 v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N)).view(t_, b_, N)
                 v_loss = ppo_value_loss(v_new, mb.values_norm, target_TBN[:, idx], opts, mask)
-                loss = (pg_loss - opts.entropy_coef * ent + opts.distill_coef * distill
+                loss = (pg_loss - entropy_coef * ent + opts.distill_coef * distill
                         + opts.value_loss_coef * v_loss)
                 gn_a, gn_c = self._step_optimizers(loss)
                 for k, v in (("loss/policy", pg_loss), ("loss/value", v_loss), ("loss/entropy", ent),
@@ -181,7 +199,7 @@ class TADPPO(RecurrentPPOBase):
                              ("train/grad_norm_actor", gn_a), ("train/grad_norm_critic", gn_c)):
                     sums[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                 n += 1
-        return {k: v / n for k, v in sums.items()}
+        return {**{k: v / n for k, v in sums.items()}, "train/entropy_coef": entropy_coef}
 
     def evaluate(self, n_episodes: int) -> dict[str, float]:
         """TAD-PPO (distilled, decentralized: ``eval/return``, ``eval/win_rate``), TAD-PPO-T (the joint
