@@ -11,6 +11,8 @@ Policies compared: ``tad-actor`` - TAD-PPO's own coordination policy for agent 2
 attention over a1, per-position head); ``mlp`` - a 2-layer MLP over one-hot (k, a1); ``bilinear`` -
 logits bilinear in embeddings of k and a1; ``tabular`` - one logit table per context (lr 5e-2), and
 ``tad-actor supervised`` - the same actor fitted by cross-entropy to the best responses (capacity check).
+``... entropy 1 -> 0`` rows: the same PPO update with the entropy weight annealed linearly from 1 to 0 over
+the run (what configs/env/matrix.policy.toml does, there from 3 to 0) instead of a constant 0.01.
 
     python bench/tad_follower.py [--iterations 1600] [--batch 32,256] [--seeds 0,1]
 
@@ -79,7 +81,12 @@ def make_policy(kind: str, seed: int) -> tuple[Any, list[torch.nn.Parameter], fl
     raise ValueError(kind)
 
 
+ANNEALED = " entropy 1 -> 0"
+
+
 def run(kind: str, batch: int, iterations: int, seed: int) -> dict[str, Any]:
+    annealed = kind.endswith(ANNEALED)
+    kind, label = kind.removesuffix(ANNEALED), kind
     P = payoffs()
     best = P.argmax(-1)  # [k, a1]
     logits, params, lr = make_policy(kind, seed)
@@ -87,7 +94,8 @@ def run(kind: str, batch: int, iterations: int, seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     supervised = kind.endswith("supervised")
     t0 = time.perf_counter()
-    for _ in range(iterations):
+    for it in range(iterations):
+        entropy_coef = 1.0 - it / iterations if annealed else 0.01
         k = torch.randint(0, 10, (batch,), generator=g)
         a1 = torch.randint(0, 5, (batch,), generator=g)  # the leader stays uniform
         if supervised:
@@ -106,7 +114,7 @@ def run(kind: str, batch: int, iterations: int, seed: int) -> dict[str, Any]:
             lp = torch.log_softmax(logits(k, a1), -1)
             ratio = torch.exp(lp.gather(-1, a2[:, None])[:, 0] - old)
             entropy = -(lp.exp() * lp).sum(-1).mean()
-            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean() - 0.01 * entropy
+            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean() - entropy_coef * entropy
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -116,7 +124,7 @@ def run(kind: str, batch: int, iterations: int, seed: int) -> dict[str, Any]:
         lg = logits(kk, aa)
     greedy = lg.argmax(-1)
     ent = float(-(torch.softmax(lg, -1) * torch.log_softmax(lg, -1)).sum(-1).mean())
-    return {"policy": kind, "batch": batch, "seed": seed, "iterations": iterations,
+    return {"policy": label, "batch": batch, "seed": seed, "iterations": iterations,
             "best_response_accuracy": float((P[kk, aa, greedy] >= P[kk, aa].max(-1).values).float().mean()),
             "regret": float((P[kk, aa].max(-1).values - P[kk, aa, greedy]).mean()), "entropy": ent,
             "wall_s": time.perf_counter() - t0}
@@ -130,7 +138,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    kinds = ("tad-actor", "mlp", "bilinear", "tabular", "tad-actor supervised")
+    kinds = ("tad-actor", "mlp", "bilinear", "tabular", "tad-actor supervised", "tad-actor" + ANNEALED, "mlp" + ANNEALED)
     rows = []
     for batch in (int(b) for b in args.batch.split(",")):
         for kind in kinds:
