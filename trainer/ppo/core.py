@@ -43,7 +43,7 @@ class PPOOptions:
     entropy_anneal_steps: int = 0
     """Env steps over which the entropy weight goes linearly from ``entropy_coef_start`` to ``entropy_coef``
     (0 = a constant ``entropy_coef``, as MAPPO). A high start keeps every action sampled while the policy's
-    logits learn how each action's advantage depends on the context (see configs/env/matrix.toml)."""
+    logits learn how each action's advantage depends on the context (configs/env/matrix.policy.toml)."""
     value_loss_coef: float = 1.0
     """Weight of the critic loss."""
     huber_delta: float = 10.0
