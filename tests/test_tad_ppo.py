@@ -188,28 +188,45 @@ def test_hallway_tad_ppo_reaches_the_far_goal_mappo_does_not() -> None:
         assert mappo <= 4.0, (seed, mappo)
 
 
-def _tad10_greedy_payoffs(algo) -> list[float]:
-    """Greedy payoff of the exported decentralized actor on each of the ten matrices, each agent alone
-    (``GreedyAgentPolicy``, the ONNX contract) on the real env pinned to matrix ``k``."""
+def _tad10_payoffs(decide) -> list[float]:
+    """Payoff on each of the ten matrices (the real env pinned to matrix ``k``) of the joint action
+    ``decide(obs [N, O], avail [N, A]) -> [N]``."""
     from marlctl.envs import make_env
 
-    bundle = algo.agent_bundle()
-    net = AgentNet(AgentNetConfig(**bundle["config"]))
-    net.load_state_dict(bundle["state_dict"])
-    net.eval()
     payoffs = []
     for k in range(1, 11):
         env = make_env(f"matrix:tad10,task={k}")
         ts = env.reset(seed=0)
-        actions = []
-        for i in range(ts.obs.shape[0]):
-            a, _, _ = GreedyAgentPolicy(net, i)(
-                torch.tensor(ts.obs[i : i + 1]), torch.tensor([-1]), torch.tensor(ts.avail[i : i + 1]),
-                torch.zeros(1, net.hidden_dim),
-            )
-            actions.append(int(a))
-        payoffs.append(env.step(np.array(actions)).reward)
+        payoffs.append(env.step(np.asarray(decide(torch.tensor(ts.obs), torch.tensor(ts.avail)))).reward)
     return payoffs
+
+
+def _tad10_greedy_payoffs(algo) -> list[float]:
+    """Greedy payoffs of the exported decentralized actor, each agent alone (``GreedyAgentPolicy``, the ONNX
+    contract)."""
+    bundle = algo.agent_bundle()
+    net = AgentNet(AgentNetConfig(**bundle["config"]))
+    net.load_state_dict(bundle["state_dict"])
+    net.eval()
+
+    def decide(obs_NO: torch.Tensor, avail_NA: torch.Tensor) -> list[int]:
+        return [int(GreedyAgentPolicy(net, i)(obs_NO[i : i + 1], torch.tensor([-1]), avail_NA[i : i + 1],
+                                              torch.zeros(1, net.hidden_dim))[0]) for i in range(obs_NO.shape[0])]
+
+    return _tad10_payoffs(decide)
+
+
+def _tad10_joint_payoffs(algo) -> list[float]:
+    """Greedy payoffs of the coordination policy (TAD-PPO-T: agent 2 sees agent 1's action)."""
+    H = algo.actor.decentralized.hidden_dim
+
+    @torch.no_grad()
+    def decide(obs_NO: torch.Tensor, avail_NA: torch.Tensor) -> torch.Tensor:
+        N = obs_NO.shape[0]
+        _, h = algo.actor.encode(obs_NO[None], torch.full((1, N), -1), torch.zeros(1, N, H))
+        return algo._decide_in_order(h, avail_NA[None], greedy=True)[0][0]
+
+    return _tad10_payoffs(decide)
 
 
 def test_tad10_distilled_policies_reach_the_optimum_mappo_does_not() -> None:
@@ -251,22 +268,6 @@ def test_entropy_anneal_and_per_family_config_layers() -> None:
         load_config("mappo", "matrix:tad", overrides=["algo.entropy_anneal_steps=-1"])
     with pytest.raises(ConfigValueError, match="distill_target"):
         load_config("tad-ppo", "matrix:tad", overrides=["algo.distill_target=mean"])
-
-
-def _tad10_joint_payoffs(algo) -> list[float]:
-    """Greedy payoff of the coordination policy (TAD-PPO-T: agent 2 sees agent 1's action) on each matrix."""
-    from marlctl.envs import make_env
-
-    payoffs = []
-    for k in range(1, 11):
-        env = make_env(f"matrix:tad10,task={k}")
-        ts = env.reset(seed=0)
-        with torch.no_grad():
-            _, h = algo.actor.encode(torch.tensor(ts.obs)[None], torch.full((1, 2), -1),
-                                     torch.zeros(1, 2, algo.actor.decentralized.hidden_dim))
-            actions, _ = algo._decide_in_order(h, torch.tensor(ts.avail)[None], greedy=True)
-        payoffs.append(env.step(actions[0].numpy()).reward)
-    return payoffs
 
 
 def test_distilling_samples_of_a_spread_optimum_can_mix_optima_greedy_targets_do_not() -> None:
