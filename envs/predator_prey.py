@@ -11,9 +11,9 @@ order, to a uniformly random free neighbouring cell or stay. An episode ends whe
 predator or every prey has left the board, or after ``limit`` steps (ReMIX: 200).
 
 Defaults are ReMIX's: 8 predators, 8 prey, 10x10, 5x5 view, punishment 1.5 (ReMIX runs
-0, 0.5, 1.5, 2), reward 10, limit 200. QTRAN's smaller settings are options, e.g.
-``predator_prey:agents=2,prey=1,grid=5,punishment=0.5,reward=1,limit=100`` (QTRAN scores a
-catch without an explicit action; here a catch is always the ``catch`` action).
+0, 0.5, 1.5, 2), reward 10, limit 200. QTRAN's own rules (a catch without a ``catch`` action,
+prey regenerating, a fixed 100 steps) are the ``predator_prey_qtran`` family
+(``envs/predator_prey_qtran.py``), built on this board.
 
 Partial observability: an agent sees the ``view x view`` window centred on itself, with
 channels other-and-own predators / prey / outside-the-board, plus its own (row, col) scaled
@@ -24,6 +24,7 @@ board: predator and prey channels, ``2 * grid * grid``. ``score`` = prey capture
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from marlctl.envs import drawing
@@ -54,6 +55,8 @@ FAMILY = EnvFamily(
 class PredatorPreyConfig:
     """Options of a ``predator_prey`` id (defaults: ReMIX Appendix D.1)."""
 
+    family: ClassVar[str] = "predator_prey"
+    """The env family whose ids these options belong to (names it in error messages)."""
     agents: int = 8
     """Number of predators (the learning agents)."""
     prey: int = 8
@@ -88,7 +91,7 @@ class PredatorPreyConfig:
         if self.limit < 1:
             problems.append(f"limit must be >= 1, got {self.limit}")
         if problems:
-            raise EnvOptionError("predator_prey: " + "; ".join(problems))
+            raise EnvOptionError(f"{self.family}: " + "; ".join(problems))
 
 
 class PredatorPreyGame(VectorGame):
@@ -141,6 +144,44 @@ class PredatorPreyGame(VectorGame):
         d = np.abs(self.apos_BN2[:, :, None, :] - self.ppos_BP2[:, None, :, :]).sum(-1)  # [B, N, P]
         return (d == 1) & self.aalive_BN[:, :, None] & self.palive_BP[:, None, :]
 
+    def _move_predators(self, actions_BN: np.ndarray, occ: np.ndarray) -> None:
+        """Live predators move in index order (actions < STAY); a cell taken earlier in this step blocks later
+        movers. Updates ``occ`` in place."""
+        for n in range(self.cfg.agents):
+            a_B = actions_BN[:, n]
+            moving_B = self.aalive_BN[:, n] & (a_B < STAY)
+            target_B2 = self.apos_BN2[:, n] + DELTAS[np.minimum(a_B, STAY)]
+            go_B = moving_B & self._free(occ, target_B2[:, None])[:, 0]
+            if go_B.any():
+                old = self.apos_BN2[go_B, n]
+                occ[self._b[go_B], old[:, 0], old[:, 1]] = 0
+                self.apos_BN2[go_B, n] = target_B2[go_B]
+                occ[self._b[go_B], target_B2[go_B, 0], target_B2[go_B, 1]] = 1
+
+    def _move_prey(self, occ: np.ndarray, uniform_action: bool) -> None:
+        """Live prey move in index order; updates ``occ`` in place. ``uniform_action``: each picks one of the
+        five actions uniformly and stays if the target is taken (QTRAN); otherwise a uniformly random free
+        neighbouring cell or stay (ReMIX)."""
+        u_BP = self.rng.uniform(self.cfg.prey)
+        for p in range(self.cfg.prey):
+            live_B = self.palive_BP[:, p]
+            targets_B52 = self.ppos_BP2[:, p, None, :] + DELTAS[None]  # [B, 5, 2]
+            options_B5 = self._free(occ, targets_B52)
+            options_B5[:, STAY] = True
+            if uniform_action:
+                choice_B = np.minimum((u_BP[:, p] * len(DELTAS)).astype(np.int64), STAY)
+                choice_B = np.where(options_B5[self._b, choice_B], choice_B, STAY)
+            else:
+                pick_B = np.floor(u_BP[:, p] * options_B5.sum(axis=1)).astype(np.int64)  # k-th free option
+                choice_B = np.argmax(np.cumsum(options_B5, axis=1) > pick_B[:, None], axis=1)
+            go_B = live_B & (choice_B != STAY)
+            if go_B.any():
+                old = self.ppos_BP2[go_B, p]
+                new = targets_B52[go_B, choice_B[go_B]]
+                occ[self._b[go_B], old[:, 0], old[:, 1]] = 0
+                self.ppos_BP2[go_B, p] = new
+                occ[self._b[go_B], new[:, 0], new[:, 1]] = 2
+
     # -- VectorGame ----------------------------------------------------------------------
     def reset_where(self, where_B: np.ndarray) -> None:
         N, P, G = self.cfg.agents, self.cfg.prey, self.cfg.grid
@@ -165,44 +206,28 @@ class PredatorPreyGame(VectorGame):
         self.palive_BP &= ~captured_BP
         self.captured_B += captured_BP.sum(axis=1)
 
-        # Predators move in index order; a cell taken earlier in this step blocks later movers.
         occ = self._occupancy()
-        for n in range(cfg.agents):
-            a_B = actions_BN[:, n]
-            moving_B = self.aalive_BN[:, n] & (a_B < STAY)
-            target_B2 = self.apos_BN2[:, n] + DELTAS[np.minimum(a_B, STAY)]
-            go_B = moving_B & self._free(occ, target_B2[:, None])[:, 0]
-            if go_B.any():
-                old = self.apos_BN2[go_B, n]
-                occ[self._b[go_B], old[:, 0], old[:, 1]] = 0
-                self.apos_BN2[go_B, n] = target_B2[go_B]
-                occ[self._b[go_B], target_B2[go_B, 0], target_B2[go_B, 1]] = 1
-
-        # Prey move in index order to a uniformly random free neighbouring cell, or stay.
-        u_BP = self.rng.uniform(cfg.prey)
-        for p in range(cfg.prey):
-            live_B = self.palive_BP[:, p]
-            targets_B52 = self.ppos_BP2[:, p, None, :] + DELTAS[None]  # [B, 5, 2]
-            options_B5 = self._free(occ, targets_B52)
-            options_B5[:, STAY] = True
-            pick_B = np.floor(u_BP[:, p] * options_B5.sum(axis=1)).astype(np.int64)  # k-th free option
-            choice_B = np.argmax(np.cumsum(options_B5, axis=1) > pick_B[:, None], axis=1)
-            go_B = live_B & (choice_B != STAY)
-            if go_B.any():
-                old = self.ppos_BP2[go_B, p]
-                new = targets_B52[go_B, choice_B[go_B]]
-                occ[self._b[go_B], old[:, 0], old[:, 1]] = 0
-                self.ppos_BP2[go_B, p] = new
-                occ[self._b[go_B], new[:, 0], new[:, 1]] = 2
+        self._move_predators(actions_BN, occ)
+        self._move_prey(occ, uniform_action=False)
 
         all_prey_B = ~self.palive_BP.any(axis=1)
         terminated_B = all_prey_B | ~self.aalive_BN.any(axis=1)
         return reward_B.astype(np.float32), terminated_B, all_prey_B, self.captured_B.astype(np.float64)
 
     def observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        occ = self._occupancy()  # [B, G, G]
+        obs_BNO, state_BS = self._views(occ)
+        B, N = self.num_envs, self.cfg.agents
+        avail_BNA = np.zeros((B, N, len(ACTION_NAMES)), dtype=bool)
+        avail_BNA[..., : STAY + 1] = self._move_avail(occ)
+        avail_BNA[..., CATCH] = self._adjacent().any(axis=2)
+        avail_BNA[~self.aalive_BN] = np.eye(len(ACTION_NAMES), dtype=bool)[STAY]
+        return obs_BNO, state_BS, avail_BNA
+
+    def _views(self, occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Observations ``[B, N, 3 V V + 2]`` (view window + own position) and state ``[B, 2 G G]``."""
         B, N, G, V = self.num_envs, self.cfg.agents, self.cfg.grid, self.cfg.view
         R = V // 2
-        occ = self._occupancy()  # [B, G, G]
         # Channels on a board padded by R: predators, prey, outside-the-board.
         padded = np.zeros((B, G + 2 * R, G + 2 * R, 3), dtype=np.float32)
         padded[:, R : R + G, R : R + G, 0] = occ == 1
@@ -217,14 +242,15 @@ class PredatorPreyGame(VectorGame):
         own_BN2 = self.apos_BN2.astype(np.float32) / max(G - 1, 1)
         obs_BNO = np.concatenate([view_BNO, own_BN2], axis=-1) * self.aalive_BN[..., None]
         state_BS = np.concatenate([(occ == 1).reshape(B, -1), (occ == 2).reshape(B, -1)], axis=1).astype(np.float32)
+        return obs_BNO.astype(np.float32), state_BS
 
-        avail_BNA = np.zeros((B, N, len(ACTION_NAMES)), dtype=bool)
+    def _move_avail(self, occ: np.ndarray) -> np.ndarray:
+        """``[B, N, 5]`` bool: the four moves onto a free cell on the board, and stay (always)."""
+        B, N = self.num_envs, self.cfg.agents
+        avail_BN5 = np.ones((B, N, STAY + 1), dtype=bool)
         targets_BN42 = self.apos_BN2[:, :, None, :] + DELTAS[None, None, :STAY]  # [B, N, 4, 2]
-        avail_BNA[..., :STAY] = self._free(occ, targets_BN42.reshape(B, N * 4, 2)).reshape(B, N, 4)
-        avail_BNA[..., STAY] = True
-        avail_BNA[..., CATCH] = self._adjacent().any(axis=2)
-        avail_BNA[~self.aalive_BN] = np.eye(len(ACTION_NAMES), dtype=bool)[STAY]
-        return obs_BNO.astype(np.float32), state_BS, avail_BNA
+        avail_BN5[..., :STAY] = self._free(occ, targets_BN42.reshape(B, N * 4, 2)).reshape(B, N, 4)
+        return avail_BN5
 
     def render(self, b: int) -> np.ndarray:
         """The board: predators as blue dots, prey as red dots."""

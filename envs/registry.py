@@ -25,6 +25,7 @@ FAMILY_MODULES: dict[str, str] = {
     "matrix": "marlctl.envs.matrix",
     "hallway": "marlctl.envs.hallway",
     "predator_prey": "marlctl.envs.predator_prey",
+    "predator_prey_qtran": "marlctl.envs.predator_prey_qtran",
     "gaussian_squeeze": "marlctl.envs.gaussian_squeeze",
 }
 
