@@ -27,6 +27,7 @@ FAMILY_MODULES: dict[str, str] = {
     "predator_prey": "marlctl.envs.predator_prey",
     "predator_prey_qtran": "marlctl.envs.predator_prey_qtran",
     "gaussian_squeeze": "marlctl.envs.gaussian_squeeze",
+    "pettingzoo": "marlctl.envs.pettingzoo",
 }
 
 

@@ -42,6 +42,8 @@ EXTRA_IDS = (
     "predator_prey:agents=4,prey=1,grid=3,limit=30",  # random captures end episodes at different steps
     "gaussian_squeeze:domains=2",
     "hallway:agents=3,length=6,limit=12",
+    # A turn-based game with action masks (the player not on turn may only send the unused action 0).
+    "pettingzoo:pettingzoo.classic.tictactoe_v3,turn_based=true,limit=9,screen_height=64",
 )
 
 
