@@ -3,9 +3,11 @@
 One module serves every algorithm's decentralized part: the recurrent Q-agent of
 QTRAN / ReMIX / VDN / QMIX (scores = Q-values) and the decentralized actors of MAPPO and
 TAD-PPO (scores = logits). Input = own observation, one-hot previous own action, one-hot
-agent id (parameter sharing across agents); MLP -> GRU cell -> linear head. The hidden state
-is passed in and out explicitly, never stored on the module, so the same module is what
-training batches over ``B*N`` rows, what ONNX export traces and what a service runs.
+agent id (parameter sharing across agents); MLP -> GRU cell -> linear head, or, feed-forward,
+an MLP of ``hidden_layers`` ReLU layers -> linear head whose last hidden layer is ``hidden_out``
+(the input hidden is ignored; the ONNX contract keeps its ``hidden`` input and output). The
+hidden state is passed in and out explicitly, never stored on the module, so the same module is
+what training batches over ``B*N`` rows, what ONNX export traces and what a service runs.
 """
 from __future__ import annotations
 
@@ -29,11 +31,19 @@ class AgentNetConfig:
     hidden_dim: int = 64
     """Width of the MLP and of the GRU state H."""
     recurrent: bool = True
-    """GRU cell when True; a feed-forward layer (hidden passed through unchanged) when False."""
+    """GRU cell when True; a feed-forward layer (the input hidden is ignored) when False."""
+    hidden_layers: int = 2
+    """Hidden layers of width ``hidden_dim``, counting the GRU cell or the feed-forward layer in its place
+    (>= 2; the QTRAN paper's predator-prey agents: 3, feed-forward)."""
     prev_action_input: bool = True
     """Feed the one-hot previous own action (zeros at the first step)."""
     agent_id_input: bool = True
     """Feed the one-hot agent id (parameter sharing with specialisation)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_layers < 2:
+            raise ValueError(f"hidden_layers must be >= 2 (the input layer and the GRU / feed-forward layer), "
+                             f"got {self.hidden_layers}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +59,11 @@ class AgentNet(nn.Module):
         in_dim += config.n_actions if config.prev_action_input else 0
         in_dim += config.n_agents if config.agent_id_input else 0
         self.fc_in = nn.Linear(in_dim, config.hidden_dim)
+        # Extra ReLU layers between fc_in and the GRU / feed-forward layer (none by default, so the
+        # parameter names of two-layer checkpoints are unchanged).
+        self.mlp = nn.ModuleList(
+            nn.Linear(config.hidden_dim, config.hidden_dim) for _ in range(config.hidden_layers - 2)
+        )
         if config.recurrent:
             self.rnn: nn.Module = nn.GRUCell(config.hidden_dim, config.hidden_dim)
         else:
@@ -85,6 +100,8 @@ class AgentNet(nn.Module):
         if cfg.agent_id_input:
             x.append(F.one_hot(agent_id_B, cfg.n_agents).to(obs_BO.dtype))
         h = F.relu(self.fc_in(torch.cat(x, dim=-1)))
+        for layer in self.mlp:
+            h = F.relu(layer(h))
         if cfg.recurrent:
             hidden_out_BH = self.rnn(h, hidden_BH)
         else:

@@ -155,10 +155,18 @@ class AgentConfig:
     """MLP width and GRU state size H."""
     recurrent: bool = True
     """GRU agent (True) or feed-forward agent (False)."""
+    hidden_layers: int = 2
+    """Hidden layers of width ``hidden_dim``, the GRU / feed-forward layer included (>= 2; QTRAN's predator-prey
+    agents: 3, feed-forward)."""
     prev_action_input: bool = True
     """Feed the one-hot previous own action."""
     agent_id_input: bool = True
     """Feed the one-hot agent id (shared parameters)."""
+
+    def validate(self) -> None:
+        if self.hidden_layers < 2:
+            raise ValueError(f"agent.hidden_layers={self.hidden_layers}; valid: an integer >= 2 (the input layer and "
+                             "the GRU / feed-forward layer)")
 
 
 @dataclass(frozen=True)

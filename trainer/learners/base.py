@@ -39,7 +39,8 @@ def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
     """The ``AgentNetConfig`` of ``spec``'s agents with the configured architecture."""
     return AgentNetConfig(
         obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents, hidden_dim=agent.hidden_dim,
-        recurrent=agent.recurrent, prev_action_input=agent.prev_action_input, agent_id_input=agent.agent_id_input,
+        recurrent=agent.recurrent, hidden_layers=agent.hidden_layers, prev_action_input=agent.prev_action_input,
+        agent_id_input=agent.agent_id_input,
     )
 
 

@@ -183,7 +183,7 @@ class RecurrentPPOBase:
         torch.manual_seed(derive_seed(self.seed, 0))  # network initialisation
         self.agent_config = AgentNetConfig(
             obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
-            hidden_dim=cfg.agent.hidden_dim, recurrent=cfg.agent.recurrent,
+            hidden_dim=cfg.agent.hidden_dim, recurrent=cfg.agent.recurrent, hidden_layers=cfg.agent.hidden_layers,
             prev_action_input=cfg.agent.prev_action_input, agent_id_input=cfg.agent.agent_id_input,
         )
         self._build(spec)
