@@ -30,8 +30,9 @@ def eval_points(run_dir: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from marlctl.trainer.config import ALGORITHMS, load_config
+    from marlctl.trainer.config import load_config
     from marlctl.trainer.plot import plot_runs
+    from marlctl.trainer.registry import ALGORITHMS
     from marlctl.trainer.run import train_run
     from rich.console import Console
 

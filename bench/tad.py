@@ -32,7 +32,8 @@ PAPER_TABLE4 = {
 def build(algo: str, env_id: str, seed: int, overrides: list[str]):
     import torch
     from marlctl.envs import env_spec
-    from marlctl.trainer.config import algorithm_spec, load_config
+    from marlctl.trainer.config import load_config
+    from marlctl.trainer.registry import algorithm_spec
 
     cfg = load_config(algo, env_id, overrides=overrides, seed=seed)
     return algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu")), cfg

@@ -46,7 +46,8 @@ def make_policy(kind: str, seed: int) -> tuple[Any, list[torch.nn.Parameter], fl
     torch.manual_seed(seed)
     if kind.startswith("tad-actor"):
         from marlctl.envs import env_spec, make_env
-        from marlctl.trainer.config import algorithm_spec, load_config
+        from marlctl.trainer.config import load_config
+        from marlctl.trainer.registry import algorithm_spec
 
         cfg = load_config("tad-ppo", "matrix:tad10", seed=seed)
         algo = algorithm_spec("tad-ppo").build(cfg, env_spec("matrix:tad10"), torch.device("cpu"))

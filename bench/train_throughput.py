@@ -23,7 +23,8 @@ from marlctl.agents.files import atomic_write_text
 def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str, overrides: list[str]) -> dict:
     import torch
     from marlctl.envs import env_spec
-    from marlctl.trainer.config import algorithm_spec, load_config
+    from marlctl.trainer.config import load_config
+    from marlctl.trainer.registry import algorithm_spec
     from marlctl.trainer.run import resolve_device, seed_everything
 
     cfg = load_config(algo, env_id, overrides=overrides, steps=steps, seed=0, device=device)
@@ -107,7 +108,7 @@ def to_markdown(rows: list[dict], meta: dict[str, Any], rollout_rows: list[dict]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from marlctl.trainer.config import ALGORITHMS
+    from marlctl.trainer.registry import ALGORITHMS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algos", default=",".join(sorted(ALGORITHMS)))

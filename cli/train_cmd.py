@@ -9,7 +9,7 @@ from marlctl.cli.common import console, handle_user_errors
 
 def train(
     algo: str | None = typer.Option(None, "--algo", help="Algorithm: vdn, qmix, ow-qmix, cw-qmix, qtran-base, "
-                                    "qtran-alt, remix, mappo, tad-ppo (see the ALGORITHMS table)."),
+                                    "qtran-alt, remix, mappo, tad-ppo (see trainer/registry.py)."),
     env: str | None = typer.Option(None, "--env", help="Environment id, e.g. smax:3m, matrix:qtran, "
                                    "grf:academy_empty_goal_close, predator_prey."),
     steps: int | None = typer.Option(None, "--steps", help="Training budget in env steps (with --resume: the new "
@@ -26,8 +26,9 @@ def train(
 ) -> None:
     """Train an algorithm on an environment (or resume a run), with logs, evaluation and checkpoints."""
     # Cheap checks first (no PyTorch import), so bad input fails fast.
-    from marlctl.trainer.config import ALGORITHMS, check_algorithm_name, load_config
+    from marlctl.trainer.config import load_config
     from marlctl.trainer.errors import ConfigValueError
+    from marlctl.trainer.registry import ALGORITHMS, check_algorithm_name
 
     if resume is not None:
         extra = [name for name, value in (("--algo", algo), ("--env", env), ("--seed", seed), ("--device", device),

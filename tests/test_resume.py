@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from marlctl.trainer.config import ALGORITHMS, load_config
+from marlctl.trainer.config import load_config
 from marlctl.trainer.errors import CheckpointError, RunDirError
+from marlctl.trainer.registry import ALGORITHMS
 from marlctl.trainer.run import resume_run, train_run
 
 TINY = ["env.num_envs=4", "replay.batch_size=4", "replay.capacity=64", "agent.hidden_dim=16",

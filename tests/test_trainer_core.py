@@ -16,16 +16,10 @@ from marlctl.agents.recurrent import AgentNet, AgentNetConfig
 from marlctl.envs import make_batched_env
 from marlctl.envs.base import EnvSpec
 from marlctl.envs.errors import BackendUnavailableError
-from marlctl.trainer.config import (
-    ALGORITHMS,
-    ConfigWarning,
-    TrainConfig,
-    algorithm_spec,
-    check_against_env,
-    load_config,
-)
+from marlctl.trainer.config import ConfigWarning, TrainConfig, check_against_env, load_config
 from marlctl.trainer.errors import ConfigValueError, UnknownAlgorithmError, UnknownConfigKeyError
 from marlctl.trainer.mixers.qmix import QMixer
+from marlctl.trainer.registry import ALGORITHMS, algorithm_spec
 from marlctl.trainer.replay import ReplayBuffer
 from marlctl.trainer.rollout import RolloutWorker, epsilon_greedy
 
@@ -333,7 +327,7 @@ def test_plot_aggregates_seeds_on_their_common_steps(tmp_path: Path) -> None:
 
 
 def test_running_state_norm_matches_full_data_statistics() -> None:
-    from marlctl.trainer.learners.base import RunningNorm
+    from marlctl.trainer.running_stats import RunningMeanStd as RunningNorm
 
     g = torch.Generator().manual_seed(0)
     chunks = [torch.randn(n, 4, generator=g) * 7 + 20 for n in (5, 1, 30, 12)]

@@ -9,92 +9,36 @@ Sections are the fields of ``TrainConfig`` (``run``, ``env``, ``agent``, ``repla
 ``optim``, ``learner``, ``algo``); ``algo`` holds the algorithm's own options dataclass
 (``AlgorithmSpec.config_cls``). An unknown section or key is an error naming the valid ones.
 
-Adding an algorithm: write a module exposing an ``AlgorithmSpec`` and add ONE line to the
-``ALGORITHMS`` table below. An options dataclass may define ``env_warnings(self, spec) -> list[str]``
-to warn about a choice that does not suit the environment (e.g. QTRAN's V_jt = 0 on a partially
-observable env); ``check_against_env`` turns those into ``ConfigWarning``s and the run log.
+The algorithm table is ``trainer/registry.py``. An options dataclass may define
+``env_warnings(self, spec) -> list[str]`` to warn about a choice that does not suit the environment
+(e.g. QTRAN's V_jt = 0 on a partially observable env); ``check_against_env`` turns those into
+``ConfigWarning``s and the run log.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import tomllib
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from marlctl.trainer.errors import ConfigValueError, UnknownAlgorithmError, UnknownConfigKeyError
+from marlctl.trainer.distributed.settings import RayConfig
+from marlctl.trainer.errors import ConfigValueError, UnknownConfigKeyError
+from marlctl.trainer.registry import NoOptions, algorithm_spec
 
 if TYPE_CHECKING:
-    import torch
     from marlctl.envs.base import EnvSpec
-    from marlctl.trainer.algorithm import Algorithm
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-# ===================================== ALGORITHM TABLE =====================================
-# One line per algorithm: "name": "module:ATTRIBUTE", where ATTRIBUTE is an ``AlgorithmSpec``.
-# Engineers add their algorithm by adding ONE line here (imported lazily, only when used).
-ALGORITHMS: dict[str, str] = {
-    "vdn": "marlctl.trainer.learners.vdn_qmix:VDN",
-    "qmix": "marlctl.trainer.learners.vdn_qmix:QMIX",
-    "ow-qmix": "marlctl.trainer.learners.wqmix:OW_QMIX",
-    "cw-qmix": "marlctl.trainer.learners.wqmix:CW_QMIX",
-    # QTRAN-REMIX: "qtran-base", "qtran-alt", "remix" - one line each below this one.
-    "qtran-base": "marlctl.trainer.learners.qtran:QTRAN_BASE",
-    "qtran-alt": "marlctl.trainer.learners.qtran:QTRAN_ALT",
-    "remix": "marlctl.trainer.learners.remix:REMIX",
-    # TAD-PPO: "mappo", "tad-ppo" - one line each below this one.
-    "mappo": "marlctl.trainer.ppo.mappo:MAPPO_SPEC",
-    "tad-ppo": "marlctl.trainer.ppo.tad_ppo:TAD_PPO_SPEC",
-}
-# ===========================================================================================
 
 
 class ConfigWarning(UserWarning):
     """A valid config choice that does not suit the environment (e.g. V_jt = 0 under partial observability)."""
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """This algorithm has no options of its own (the ``[algo]`` section must be empty)."""
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """One trainable algorithm, as the run loop and the CLI see it."""
-
-    name: str
-    """Name used on the command line (``--algo``)."""
-    summary: str
-    """One line for help texts."""
-    config_cls: type
-    """Dataclass of the algorithm's own options (the ``[algo]`` config section)."""
-    build: Callable[[TrainConfig, EnvSpec, torch.device], Algorithm]
-    """Creates the algorithm (networks on ``device``, batched envs) from the resolved config."""
-    kind: Literal["value", "policy"] = "value"
-    """Value-factorization method (replay, epsilon-greedy) or policy-gradient method."""
-
-
-def check_algorithm_name(name: str) -> None:
-    """Raise ``UnknownAlgorithmError`` naming the valid algorithms unless ``name`` is registered (imports nothing)."""
-    if name not in ALGORITHMS:
-        raise UnknownAlgorithmError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}")
-
-
-def algorithm_spec(name: str) -> AlgorithmSpec:
-    """The ``AlgorithmSpec`` registered under ``name`` (imports its module)."""
-    check_algorithm_name(name)
-    module_name, attr = ALGORITHMS[name].split(":")
-    spec = getattr(importlib.import_module(module_name), attr)
-    if not isinstance(spec, AlgorithmSpec):
-        raise TypeError(f"{ALGORITHMS[name]} is not an AlgorithmSpec")
-    return spec
 
 
 # ------------------------------------------------------------------ components
@@ -105,7 +49,7 @@ class RunConfig:
     """The run as a whole: budget, seed, device, logging, evaluation and checkpoint cadence."""
 
     algo: str = "vdn"
-    """Algorithm name (a key of ``ALGORITHMS``)."""
+    """Algorithm name (a key of ``registry.ALGORITHMS``)."""
     steps: int = 100_000
     """Training budget in environment steps (joint steps, summed over the batched envs)."""
     seed: int = 0
@@ -245,6 +189,7 @@ SECTION_TYPES: dict[str, type] = {
     "exploration": ExplorationConfig,
     "optim": OptimConfig,
     "learner": ValueLearnerConfig,
+    "ray": RayConfig,
 }
 
 
@@ -266,6 +211,8 @@ class TrainConfig:
     """Optimizer and gradient clipping."""
     learner: ValueLearnerConfig = field(default_factory=ValueLearnerConfig)
     """Targets, mixer sizes and update cadence (value methods)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Rollout workers on a Ray cluster (``trainer/distributed``; an empty address = the single-process path)."""
     algo: Any = field(default_factory=NoOptions)
     """The algorithm's own options (an instance of its ``AlgorithmSpec.config_cls``)."""
 

@@ -7,7 +7,7 @@ class TrainerError(ValueError):
 
 
 class UnknownAlgorithmError(TrainerError):
-    """An algorithm name that is not in ``trainer.config.ALGORITHMS``."""
+    """An algorithm name that is not in ``trainer.registry.ALGORITHMS``."""
 
 
 class UnknownConfigKeyError(TrainerError):

@@ -25,8 +25,9 @@ from marlctl.agents.errors import ModelError
 from marlctl.agents.files import atomic_write_bytes, atomic_write_json
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer.algorithm import Algorithm
-from marlctl.trainer.config import TrainConfig, algorithm_spec, check_against_env, from_sections
+from marlctl.trainer.config import TrainConfig, check_against_env, from_sections
 from marlctl.trainer.errors import CheckpointError, ConfigValueError, RunDirError
+from marlctl.trainer.registry import algorithm_spec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -163,13 +164,29 @@ class TrainingRun:
         if cfg.run.torch_threads > 0:
             torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.run.seed)
-        self.algo: Algorithm = algorithm_spec(cfg.run.algo).build(cfg, spec, self.device)
+        self.notes: list[tuple[str, dict[str, Any]]] = []  # events of components, written with the next log line
+        self.observers: list[Any] = []  # on_iteration(run, stats) / on_eval(run): e.g. train_metrics.TrainMetrics
+        if cfg.ray.enabled:  # collection and evaluation on Ray workers; this process stays the learner
+            from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
+
+            self.algo: Algorithm = DistributedAlgorithm(cfg, spec, self.device, log=self.note)
+        else:
+            self.algo = algorithm_spec(cfg.run.algo).build(cfg, spec, self.device)
         self.state = RunState(next_log=cfg.run.log_interval, next_eval=cfg.run.eval_interval or cfg.run.steps,
                               next_save=cfg.run.save_interval)
         self.warnings: list[str] = []
         self.last_train: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self.last_checkpoint = ""
+
+    def note(self, event: str, **fields: Any) -> None:
+        """An event of a component (a worker started, failed, restarted) for ``log.jsonl``."""
+        self.notes.append((event, fields))
+
+    def _write_notes(self, logger: RunLogger) -> None:
+        for event, fields in self.notes:
+            logger.event(event, self.state.env_steps, **fields)
+        self.notes.clear()
 
     # -------------------------------------------------------- checkpoints
 
@@ -246,6 +263,9 @@ class TrainingRun:
                 st.updates += stats.updates
                 st.iterations += 1
                 acc.add(stats.metrics)
+                self._write_notes(logger)
+                for observer in self.observers:
+                    observer.on_iteration(self, stats)
                 if st.env_steps >= st.next_log or st.env_steps >= cfg.steps:
                     now = time.perf_counter()
                     dt = max(now - t_log, 1e-9)
@@ -291,6 +311,8 @@ class TrainingRun:
     def run_eval(self, logger: RunLogger) -> None:
         self.last_eval = self.algo.evaluate(self.cfg.run.eval_episodes)
         logger.event("eval", self.state.env_steps, self.last_eval)
+        for observer in self.observers:
+            observer.on_eval(self)
 
     def _info(self) -> str:
         parts = []
@@ -299,6 +321,9 @@ class TrainingRun:
             src = self.last_eval if key.startswith("eval") else self.last_train
             if key in src:
                 parts.append(f"{label} {src[key]:.3g}")
+        progress_info = getattr(self.algo, "progress_info", None)  # workers alive, env-steps/s per worker
+        if callable(progress_info):
+            parts.append(progress_info())
         return "  ".join(parts)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ must agree (tests/test_td_lambda.py).
 from __future__ import annotations
 
 import torch
+from marlctl.agents.recurrent import masked_greedy
 
 
 def greedy_next_values(
@@ -18,7 +19,7 @@ def greedy_next_values(
     """Double Q: pick each agent's greedy available action with ``select_q`` (the online net; pass the
     target net's values for plain Q-learning) and evaluate it with ``target_q``.
     Returns values ``[B, T, N]`` and actions ``[B, T, N]``."""
-    actions_BTN = select_q_BTNA.masked_fill(~avail_BTNA, float("-inf")).argmax(dim=-1)
+    actions_BTN = masked_greedy(select_q_BTNA, avail_BTNA)
     values_BTN = target_q_BTNA.gather(-1, actions_BTN.unsqueeze(-1)).squeeze(-1)
     return values_BTN, actions_BTN
 

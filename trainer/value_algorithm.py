@@ -21,7 +21,7 @@ import torch
 from marlctl.agents.bundle import make_agent_bundle_entry
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer.algorithm import IterationStats
-from marlctl.trainer.config import AlgorithmSpec, TrainConfig
+from marlctl.trainer.config import TrainConfig
 from marlctl.trainer.learners.base import ValueLearner
 from marlctl.trainer.replay import ReplayBuffer
 from marlctl.trainer.rollout import RolloutResult, RolloutWorker, derive_seed
@@ -45,17 +45,21 @@ def episode_metrics(prefix: str, res: RolloutResult, has_won: bool = True) -> di
 
 
 class ValueAlgorithm:
-    """Rollout + replay + ``ValueLearner`` for one value-factorization method."""
+    """Rollout + replay + ``ValueLearner`` for one value-factorization method (``registry.value_method``).
+
+    ``make_buffer(cfg, spec)`` builds the episode replay (default: the uniform ``ReplayBuffer``)."""
 
     def __init__(self, name: str, cfg: TrainConfig, spec: EnvSpec, device: torch.device,
-                 learner_cls: type[ValueLearner]) -> None:
+                 learner_cls: type[ValueLearner],
+                 make_buffer: Callable[[TrainConfig, EnvSpec], ReplayBuffer] | None = None) -> None:
         from marlctl.envs import make_batched_env
 
         self.name, self.cfg, self.spec, self.device = name, cfg, spec, device
         self.learner = learner_cls(cfg, spec, device)
         self.env = make_batched_env(cfg.env.env_id, cfg.env.num_envs)
         self.worker = RolloutWorker(self.env, self.learner.agent, device, spec.episode_limit)
-        self.buffer = ReplayBuffer(spec, cfg.replay.capacity, spec.episode_limit)
+        self.buffer = (make_buffer(cfg, spec) if make_buffer is not None
+                       else ReplayBuffer(spec, cfg.replay.capacity, spec.episode_limit))
         self.rng = np.random.default_rng(derive_seed(cfg.run.seed, _RNG_STREAM))
         self.env_steps = 0
         self.episodes = 0
@@ -64,11 +68,6 @@ class ValueAlgorithm:
         self.env_restarts = 0
         self.last_target_update_episode = 0
         self.needs_restart = True  # steps mode: (re)start the envs before the next rollout
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, spec: EnvSpec, device: torch.device, *, name: str,
-              learner_cls: type[ValueLearner]) -> ValueAlgorithm:
-        return cls(name, cfg, spec, device, learner_cls)
 
     # ------------------------------------------------------------ Algorithm
 
@@ -154,12 +153,3 @@ class ValueAlgorithm:
     def close(self) -> None:
         self.env.close()
 
-
-def value_method(name: str, summary: str, learner_cls: type[ValueLearner], config_cls: type) -> AlgorithmSpec:
-    """The ``AlgorithmSpec`` of a value method = ``ValueAlgorithm`` with ``learner_cls``."""
-
-    def build(cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> ValueAlgorithm:
-        return ValueAlgorithm(name, cfg, spec, device, learner_cls)
-
-    builder: Callable[[TrainConfig, EnvSpec, torch.device], ValueAlgorithm] = build
-    return AlgorithmSpec(name=name, summary=summary, config_cls=config_cls, build=builder, kind="value")

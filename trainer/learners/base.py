@@ -13,10 +13,11 @@ How to add a value learner (QTRAN, ReMIX, ...): subclass ``ValueLearner`` and im
   log, named by prefix (``loss/td``, ``loss/opt``, ``train/q_taken``...).
 
 Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` steps -> ``[B, T+1, N, A]``
-(``unroll(net, batch)`` does the same for any other per-agent network you build);
-``taken(q, actions)`` gathers ``[B, T, N]``; ``next_agent_values(batch, q, target_q)`` applies double Q
-to get each agent's greedy next value ``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step,
-n-step or TD(lambda) targets per ``ValueLearnerConfig``; ``masked_mean(x_BT, batch)``.
+(``agent_features`` also returns the hidden features h_i; ``unroll(net, batch)`` serves any other
+per-agent network you build); ``taken(q, actions)`` gathers ``[B, T, N]``;
+``next_agent_values(batch, q, target_q)`` applies double Q to get each agent's greedy next value
+``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step, n-step or TD(lambda) targets per
+``ValueLearnerConfig``; ``mean(x_BT, batch)`` averages over the real (filled) steps.
 The base does the optimizer step, gradient clipping, target updates and (de)serialization; with
 ``learner.normalize_state`` it normalizes ``batch.state`` (running mean/std) before ``loss`` sees it.
 """
@@ -27,56 +28,16 @@ import dataclasses
 from typing import Any
 
 import torch
-from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+from marlctl.agents.recurrent import AgentNet
 from marlctl.envs.base import EnvSpec
-from marlctl.trainer.config import AgentConfig, OptimConfig, TrainConfig
+from marlctl.trainer import agent_unroll
+from marlctl.trainer.config import TrainConfig
+from marlctl.trainer.masked import masked_mean
+from marlctl.trainer.optim import make_optimizer
 from marlctl.trainer.replay import EpisodeBatch
+from marlctl.trainer.running_stats import RunningMeanStd
 from marlctl.trainer.targets import greedy_next_values, n_step_returns, one_step_targets, td_lambda_returns
 from torch import nn
-
-
-def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
-    """The ``AgentNetConfig`` of ``spec``'s agents with the configured architecture."""
-    return AgentNetConfig(
-        obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents, hidden_dim=agent.hidden_dim,
-        recurrent=agent.recurrent, hidden_layers=agent.hidden_layers, prev_action_input=agent.prev_action_input,
-        agent_id_input=agent.agent_id_input,
-    )
-
-
-class RunningNorm(nn.Module):
-    """Running mean/std normalization (buffers only, so it is checkpointed and never optimized)."""
-
-    def __init__(self, dim: int, eps: float = 1e-4, clip: float = 10.0) -> None:
-        super().__init__()
-        self.eps, self.clip = eps, clip
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x_KD: torch.Tensor) -> None:
-        """Merge the statistics of ``K`` samples (Chan et al.'s parallel variance)."""
-        k = x_KD.shape[0]
-        if k == 0:
-            return
-        x = x_KD.double()
-        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
-        delta, total = b_mean - self.mean, self.count + k
-        m2 = self.var * self.count + b_var * k + delta**2 * self.count * k / total
-        self.mean += delta * k / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip).to(x.dtype)
-
-
-def make_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam or RMSprop over ``params`` as configured."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.eps)
 
 
 class ValueLearner:
@@ -86,11 +47,11 @@ class ValueLearner:
         self.cfg, self.spec, self.device = cfg, spec, device
         self.lcfg = cfg.learner
         self.algo_cfg = cfg.algo
-        self.agent = AgentNet(agent_net_config(cfg.agent, spec))
+        self.agent = AgentNet(agent_unroll.agent_net_config(cfg.agent, spec))
         self.nets = nn.ModuleDict({"agent": self.agent, **self.build_networks()})
-        self.state_norm: RunningNorm | None = None
+        self.state_norm: RunningMeanStd | None = None
         if self.lcfg.normalize_state:
-            self.state_norm = self.nets["state_norm"] = RunningNorm(spec.state_dim)
+            self.state_norm = self.nets["state_norm"] = RunningMeanStd(spec.state_dim)
         self.nets.to(device)
         self.targets = copy.deepcopy(self.nets)
         self.targets.requires_grad_(False)
@@ -98,7 +59,6 @@ class ValueLearner:
         self.optimizer = make_optimizer(cfg.optim, self.params)
         self.updates = 0
         self.target_updates = 0
-        self._agent_ids: dict[int, torch.Tensor] = {}  # batch size -> [B*N] agent ids
 
     # ------------------------------------------------------------ subclass API
 
@@ -114,21 +74,16 @@ class ValueLearner:
 
     def agent_q(self, batch: EpisodeBatch, target: bool = False) -> torch.Tensor:
         """Unroll the (target) agent over every step from a zero hidden state: Q ``[B, T+1, N, A]``."""
-        return self.unroll(self.targets["agent"] if target else self.agent, batch)  # type: ignore[arg-type]
+        return self.agent_features(batch, target)[0]
+
+    def agent_features(self, batch: EpisodeBatch, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q_i ``[B, T+1, N, A]`` and the agents' hidden features h_i ``[B, T+1, N, H]`` of the (target) agent."""
+        net = self.targets["agent"] if target else self.agent
+        return agent_unroll.unroll(net, batch.obs, batch.prev_actions)  # type: ignore[arg-type]
 
     def unroll(self, net: AgentNet, batch: EpisodeBatch) -> torch.Tensor:
         """Unroll any per-agent network (``B*N`` rows per step) over the batch: scores ``[B, T+1, N, A]``."""
-        B, T1, N, _ = batch.obs.shape
-        if B not in self._agent_ids:
-            self._agent_ids[B] = torch.arange(N, device=self.device).repeat(B)  # [B*N]
-        ids_R = self._agent_ids[B]
-        prev_BTN = batch.prev_actions
-        hidden_RH = net.initial_hidden(B * N, self.device)
-        qs = []
-        for t in range(T1):
-            q_RA, hidden_RH = net(batch.obs[:, t].reshape(B * N, -1), prev_BTN[:, t].reshape(-1), ids_R, hidden_RH)
-            qs.append(q_RA.view(B, N, -1))
-        return torch.stack(qs, dim=1)
+        return agent_unroll.unroll(net, batch.obs, batch.prev_actions)[0]
 
     @staticmethod
     def taken(q_BTNA: torch.Tensor, actions_BTN: torch.Tensor) -> torch.Tensor:
@@ -153,9 +108,9 @@ class ValueLearner:
         return one_step_targets(batch.reward, batch.terminated, v_next_BT, g)
 
     @staticmethod
-    def masked_mean(x_BT: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
-        mask = batch.mask
-        return (x_BT * mask).sum() / mask.sum().clamp(min=1.0)
+    def mean(x_BT: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
+        """Mean of ``x_BT`` over the batch's real (filled) transitions."""
+        return masked_mean(x_BT, batch.filled)
 
     # ------------------------------------------------------------ training
 

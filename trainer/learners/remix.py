@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from marlctl.envs.base import EnvSpec
-from marlctl.trainer.config import AlgorithmSpec, TrainConfig
+from marlctl.trainer.config import TrainConfig
 from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.learners.remix_weights import (
     RemixWeightConfig,
@@ -27,9 +27,9 @@ from marlctl.trainer.learners.remix_weights import (
     mixer_gradient,
     remix_weights,
 )
-from marlctl.trainer.learners.wqmix import WQMIXLearner, masked_greedy_BTN
+from marlctl.trainer.learners.wqmix import WQMIXLearner
+from marlctl.trainer.registry import value_method
 from marlctl.trainer.replay import EpisodeBatch, ReplayBuffer
-from marlctl.trainer.value_algorithm import ValueAlgorithm
 
 __all__ = ["REMIX", "RemixLearner", "RemixOptions", "remix_weights"]
 
@@ -96,7 +96,7 @@ class RemixLearner(WQMIXLearner):
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         opts: RemixOptions = self.algo_cfg
-        state_BTS, next_state_BTS = batch.state[:, :-1], batch.state[:, 1:]
+        state_BTS = batch.state[:, :-1]
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A] agents' utilities Q^j
         q_taken_BTN = self.taken(q_BTNA, batch.actions)
         q_tot_BT = self.nets["mixer"](q_taken_BTN, state_BTS)
@@ -104,11 +104,8 @@ class RemixLearner(WQMIXLearner):
         q_star_BT = self.nets["central"](self.taken(central_q_BTNA, batch.actions), state_BTS)
         f_prime_BTN = mixer_gradient(q_tot_BT, q_taken_BTN)  # Lemma 1 by autograd: dQ_tot / dQ^j
 
-        with torch.no_grad():  # y = B* Q*_{k-1} = r + gamma Q*^-(s', u_hat'), u_hat' = greedy of the QMIX agents
-            u_hat_next_BTN = masked_greedy_BTN(q_BTNA[:, 1:], batch.avail[:, 1:])
-            target_central_BTNA = self.unroll(self.targets["central_agent"], batch)[:, 1:]
-            v_next_BTN = target_central_BTNA.gather(-1, u_hat_next_BTN.unsqueeze(-1)).squeeze(-1)
-            y_BT = self.returns(batch, self.targets["central"](v_next_BTN, next_state_BTS))
+        y_BT = self.central_target(batch, q_BTNA)  # y = B* Q*_{k-1}, at the QMIX agents' greedy u_hat'
+        with torch.no_grad():
             T = batch.max_t
             pi_BTN = boltzmann_chosen_prob(q_BTNA[:, :T], batch.actions, batch.avail[:, :T], opts.temperature)
             recent_B = batch.recent if isinstance(batch, RemixBatch) and batch.recent is not None else None
@@ -123,10 +120,10 @@ class RemixLearner(WQMIXLearner):
             )
             w_BT = w.w.view_as(y_BT)
 
-        L_remix = self.masked_mean(w_BT * (q_tot_BT - y_BT) ** 2, batch)  # eq. 7
-        L_central = self.masked_mean((q_star_BT - y_BT) ** 2, batch)  # Q* unweighted
+        L_remix = self.mean(w_BT * (q_tot_BT - y_BT) ** 2, batch)  # eq. 7
+        L_central = self.mean((q_star_BT - y_BT) ** 2, batch)  # Q* unweighted
         loss = L_remix + opts.central_loss_weight * L_central
-        mean = self.masked_mean
+        mean = self.mean
         return loss, {
             "loss/remix": float(L_remix.detach()),
             "loss/central": float(L_central.detach()),
@@ -138,14 +135,12 @@ class RemixLearner(WQMIXLearner):
         }
 
 
-def _build(cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> ValueAlgorithm:
-    """The shared value algorithm, with the replay buffer that also serves recent episodes."""
-    algo = ValueAlgorithm("remix", cfg, spec, device, RemixLearner)
+def _recent_replay(cfg: TrainConfig, spec: EnvSpec) -> RecentReplay:
+    """The shared episode buffer that also serves recent episodes (none drawn when on-policiness is off)."""
     opts: RemixOptions = cfg.algo
-    algo.buffer = RecentReplay(spec, cfg.replay.capacity, spec.episode_limit, opts.recent_episodes,
-                               opts.recent_batch_size if opts.on_policy else 0)
-    return algo
+    return RecentReplay(spec, cfg.replay.capacity, spec.episode_limit, opts.recent_episodes,
+                        opts.recent_batch_size if opts.on_policy else 0)
 
 
-REMIX = AlgorithmSpec(name="remix", summary="ReMIX: regret-minimizing projection weights for QMIX (Mei et al.)",
-                      config_cls=RemixOptions, build=_build, kind="value")
+REMIX = value_method("remix", "ReMIX: regret-minimizing projection weights for QMIX (Mei et al.)", RemixLearner,
+                     RemixOptions, make_buffer=_recent_replay)

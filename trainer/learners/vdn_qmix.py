@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import torch
-from marlctl.trainer.config import NoOptions
 from marlctl.trainer.learners.base import ValueLearner
 from marlctl.trainer.mixers.qmix import QMixer
 from marlctl.trainer.mixers.vdn import VDNMixer
+from marlctl.trainer.registry import NoOptions, value_method
 from marlctl.trainer.replay import EpisodeBatch
-from marlctl.trainer.value_algorithm import value_method
 from torch import nn
 
 
@@ -28,11 +27,11 @@ class MixerLearner(ValueLearner):
             v_next_BTN, _ = self.next_agent_values(batch, q_BTNA, target_q_BTNA)
             q_tot_next_BT = self.targets["mixer"](v_next_BTN, batch.state[:, 1:])
             y_BT = self.returns(batch, q_tot_next_BT)
-        loss_td = self.masked_mean((q_tot_BT - y_BT) ** 2, batch)
+        loss_td = self.mean((q_tot_BT - y_BT) ** 2, batch)
         return loss_td, {
             "loss/td": float(loss_td.detach()),
-            "train/q_tot": float(self.masked_mean(q_tot_BT.detach(), batch)),
-            "train/target": float(self.masked_mean(y_BT, batch)),
+            "train/q_tot": float(self.mean(q_tot_BT.detach(), batch)),
+            "train/target": float(self.mean(y_BT, batch)),
         }
 
 

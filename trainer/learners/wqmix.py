@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from marlctl.agents.recurrent import AgentNet
+from marlctl.agents.recurrent import AgentNet, masked_greedy
 from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.learners.base import ValueLearner
 from marlctl.trainer.mixers.central import CentralQ
 from marlctl.trainer.mixers.qmix import QMixer
+from marlctl.trainer.registry import value_method
 from marlctl.trainer.replay import EpisodeBatch
-from marlctl.trainer.value_algorithm import value_method
 from torch import nn
 
 
@@ -40,10 +40,6 @@ class WQMIXOptions:
             raise ConfigValueError(f"algo.alpha={self.alpha} must be in (0, 1]")
 
 
-def masked_greedy_BTN(q_BTNA: torch.Tensor, avail_BTNA: torch.Tensor) -> torch.Tensor:
-    return q_BTNA.masked_fill(~avail_BTNA, float("-inf")).argmax(dim=-1)
-
-
 class WQMIXLearner(ValueLearner):
     """QMIX agents + mixer with a weighted loss, and an unrestricted Q* providing the targets."""
 
@@ -58,36 +54,41 @@ class WQMIXLearner(ValueLearner):
             "central": CentralQ(self.spec.n_agents, self.spec.state_dim, opts.central_embed_dim),
         }
 
+    def central_target(self, batch: EpisodeBatch, q_BTNA: torch.Tensor) -> torch.Tensor:
+        """``y = r + gamma Q*^-(s', u_hat')`` ``[B, T]`` (n-step / TD(lambda) per config), ``u_hat'`` = the QMIX
+        agents' greedy joint action (``q_BTNA`` over ``T+1`` steps), no grad."""
+        with torch.no_grad():
+            u_hat_next_BTN = masked_greedy(q_BTNA[:, 1:], batch.avail[:, 1:])
+            target_central_BTNA = self.unroll(self.targets["central_agent"], batch)[:, 1:]
+            v_next_BTN = target_central_BTNA.gather(-1, u_hat_next_BTN.unsqueeze(-1)).squeeze(-1)
+            return self.returns(batch, self.targets["central"](v_next_BTN, batch.state[:, 1:]))
+
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         opts: WQMIXOptions = self.algo_cfg
-        state_BTS, next_state_BTS = batch.state[:, :-1], batch.state[:, 1:]
+        state_BTS = batch.state[:, :-1]
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A]
         q_tot_BT = self.nets["mixer"](self.taken(q_BTNA, batch.actions), state_BTS)
         central_q_BTNA = self.unroll(self.nets["central_agent"], batch)  # [B, T+1, N, A]
         q_star_BT = self.nets["central"](self.taken(central_q_BTNA, batch.actions), state_BTS)
+        y_BT = self.central_target(batch, q_BTNA)
         with torch.no_grad():
-            # y = r + gamma * Q*_target(s', u_hat'), u_hat' = the QMIX agents' greedy joint action.
-            u_hat_next_BTN = masked_greedy_BTN(q_BTNA[:, 1:], batch.avail[:, 1:])
-            target_central_BTNA = self.unroll(self.targets["central_agent"], batch)[:, 1:]
-            v_next_BTN = target_central_BTNA.gather(-1, u_hat_next_BTN.unsqueeze(-1)).squeeze(-1)
-            y_BT = self.returns(batch, self.targets["central"](v_next_BTN, next_state_BTS))
             if self.weighting == "ow":
                 full_BT = q_tot_BT < y_BT  # optimistic: full weight where QMIX underestimates
             else:
-                u_hat_BTN = masked_greedy_BTN(q_BTNA[:, :-1], batch.avail[:, :-1])
+                u_hat_BTN = masked_greedy(q_BTNA[:, :-1], batch.avail[:, :-1])
                 is_greedy_BT = (batch.actions == u_hat_BTN).all(dim=-1)
                 q_star_greedy_BT = self.nets["central"](self.taken(central_q_BTNA, u_hat_BTN), state_BTS)
                 full_BT = (y_BT > q_star_greedy_BT) | is_greedy_BT
             w_BT = torch.where(full_BT, torch.ones_like(y_BT), torch.full_like(y_BT, opts.alpha))
-        loss_qmix = self.masked_mean(w_BT * (q_tot_BT - y_BT) ** 2, batch)
-        loss_central = self.masked_mean((q_star_BT - y_BT) ** 2, batch)
+        loss_qmix = self.mean(w_BT * (q_tot_BT - y_BT) ** 2, batch)
+        loss_central = self.mean((q_star_BT - y_BT) ** 2, batch)
         loss = opts.qmix_loss_weight * loss_qmix + opts.central_loss_weight * loss_central
         return loss, {
             "loss/qmix": float(loss_qmix.detach()),
             "loss/central": float(loss_central.detach()),
-            "train/w_mean": float(self.masked_mean(w_BT, batch)),
-            "train/q_tot": float(self.masked_mean(q_tot_BT.detach(), batch)),
-            "train/q_star": float(self.masked_mean(q_star_BT.detach(), batch)),
+            "train/w_mean": float(self.mean(w_BT, batch)),
+            "train/q_tot": float(self.mean(q_tot_BT.detach(), batch)),
+            "train/q_star": float(self.mean(q_star_BT.detach(), batch)),
         }
 
 

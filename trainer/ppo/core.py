@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+from marlctl.agents.recurrent import AgentNet
 from marlctl.envs.base import BatchStep, EnvSpec
+from marlctl.trainer.agent_unroll import agent_net_config
 from marlctl.trainer.algorithm import IterationStats
 from marlctl.trainer.errors import ConfigValueError
+from marlctl.trainer.masked import masked_mean
+from marlctl.trainer.optim import make_optimizer
 from marlctl.trainer.ppo.networks import run_agents
-from marlctl.trainer.ppo.value_norm import RunningMeanStd, ValueNorm
+from marlctl.trainer.ppo.value_norm import ValueNorm
 from marlctl.trainer.rollout import derive_seed
+from marlctl.trainer.running_stats import RunningMeanStd
 from torch import nn
 
 if TYPE_CHECKING:
@@ -113,11 +117,6 @@ def huber_or_mse(err: torch.Tensor, delta: float) -> torch.Tensor:
     return F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=delta) if delta > 0 else 0.5 * err**2
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype).expand_as(x)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def ppo_policy_loss(
     logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip: float, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,11 +180,7 @@ class RecurrentPPOBase:
                 f"environment axis; valid: 1..{self.B}"
             )
         torch.manual_seed(derive_seed(self.seed, 0))  # network initialisation
-        self.agent_config = AgentNetConfig(
-            obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
-            hidden_dim=cfg.agent.hidden_dim, recurrent=cfg.agent.recurrent, hidden_layers=cfg.agent.hidden_layers,
-            prev_action_input=cfg.agent.prev_action_input, agent_id_input=cfg.agent.agent_id_input,
-        )
+        self.agent_config = agent_net_config(cfg.agent, spec)
         self._build(spec)
         if self.opts.orthogonal_init:
             self._init_weights()
@@ -194,16 +189,8 @@ class RecurrentPPOBase:
         self.value_norm = ValueNorm().to(self.device)
         self.obs_stats = RunningMeanStd(spec.obs_dim).to(self.device)
         self.state_stats = RunningMeanStd(spec.state_dim).to(self.device)
-        opt = cfg.optim
-        if opt.optimizer == "adam":
-            self.actor_optim: torch.optim.Optimizer = torch.optim.Adam(self.actor.parameters(), lr=opt.lr, eps=opt.eps)
-            self.critic_optim: torch.optim.Optimizer = torch.optim.Adam(
-                self.critic.parameters(), lr=self.opts.critic_lr, eps=opt.eps)
-        else:
-            self.actor_optim = torch.optim.RMSprop(
-                self.actor.parameters(), lr=opt.lr, alpha=opt.rmsprop_alpha, eps=opt.eps)
-            self.critic_optim = torch.optim.RMSprop(
-                self.critic.parameters(), lr=self.opts.critic_lr, alpha=opt.rmsprop_alpha, eps=opt.eps)
+        self.actor_optim = make_optimizer(cfg.optim, self.actor.parameters())
+        self.critic_optim = make_optimizer(cfg.optim, self.critic.parameters(), lr=self.opts.critic_lr)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(derive_seed(self.seed, 1))
         self.env = make_batched_env(cfg.env.env_id, self.B)

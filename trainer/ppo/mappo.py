@@ -6,18 +6,18 @@ from typing import TYPE_CHECKING
 import torch
 from marlctl.agents.recurrent import AgentNet, masked_greedy
 from marlctl.envs.base import EnvSpec
-from marlctl.trainer.config import AlgorithmSpec
+from marlctl.trainer.masked import masked_mean
 from marlctl.trainer.ppo.core import (
     PPOOptions,
     RecurrentPPOBase,
     Rollout,
     categorical_logp_entropy,
-    masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
 )
 from marlctl.trainer.ppo.gae import gae
 from marlctl.trainer.ppo.networks import CentralCritic, mappo_init, masked_logits, run_agents, sample_actions
+from marlctl.trainer.registry import AlgorithmSpec
 
 if TYPE_CHECKING:
     from marlctl.trainer.config import TrainConfig

@@ -16,19 +16,20 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from marlctl.agents.recurrent import AgentNet, masked_greedy
 from marlctl.envs.base import EnvSpec
-from marlctl.trainer.config import AlgorithmSpec, env_family
+from marlctl.trainer.config import env_family
 from marlctl.trainer.errors import ConfigValueError
+from marlctl.trainer.masked import masked_mean
 from marlctl.trainer.ppo.core import (
     PPOOptions,
     RecurrentPPOBase,
     Rollout,
     categorical_logp_entropy,
-    masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
 )
 from marlctl.trainer.ppo.gae import deinterleave, gae, interleave_virtual_steps
 from marlctl.trainer.ppo.networks import TADActor, TADCritic, mappo_init, masked_logits, sample_actions
+from marlctl.trainer.registry import AlgorithmSpec
 
 if TYPE_CHECKING:
     from marlctl.trainer.config import TrainConfig

@@ -1,4 +1,4 @@
-"""MAPPO's value normalization (running, debiased mean/variance of value targets) and running input statistics."""
+"""MAPPO's value normalization: a running, debiased mean/variance of value targets (input statistics: ``running_stats``)."""
 from __future__ import annotations
 
 import torch
@@ -48,35 +48,3 @@ class ValueNorm(nn.Module):
         mean, var = self.mean_var()
         return x * var.sqrt() + mean
 
-
-class RunningMeanStd(nn.Module):
-    """Exact running mean and variance of feature vectors (parallel Welford), for input normalization.
-
-    MAPPO normalizes actor and critic inputs (``use_feature_normalization``); here the statistics are
-    baked into the networks' ``*_mean`` / ``*_std`` buffers between iterations, so the exported ONNX
-    actor carries them. ``std_floor`` bounds the amplification of near-constant features."""
-
-    def __init__(self, dim: int, std_floor: float = 0.1) -> None:
-        super().__init__()
-        self.std_floor = std_floor
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x_XD: torch.Tensor) -> None:
-        """Fold rows ``[X, D]`` into the statistics."""
-        x = x_XD.reshape(-1, self.mean.shape[0]).double()
-        n = x.shape[0]
-        if n == 0:
-            return
-        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
-        total = self.count + n
-        delta = b_mean - self.mean
-        self.mean.add_(delta * n / total)
-        self.var.copy_((self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total)
-        self.count.copy_(total)
-
-    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 ``(mean, std)`` with the std floored at ``std_floor``."""
-        return self.mean.float(), self.var.sqrt().clamp(min=self.std_floor).float()
