@@ -55,7 +55,7 @@ def train_tables(algo: str, seed: int, steps: int, updates: int, workdir: Path) 
     overrides = ["env.num_envs=32", f"learner.updates_per_iteration={updates}", "replay.batch_size=32",
                  "run.progress=false", "run.eval_interval=0", "run.eval_episodes=8", "run.save_interval=0"]
     if algo.startswith("qtran"):
-        overrides.append("algo.joint_embed_dim=32")  # appendix C: width 32 in the matrix game
+        overrides.append("mixer.joint_embed_dim=32")  # appendix C: width 32 in the matrix game
     if algo == "remix":
         overrides.append("learner.td_lambda=0")
     cfg = load_config(algo, "matrix:qtran", overrides=overrides, steps=steps, seed=seed, device="cpu")

@@ -20,7 +20,7 @@ PROMETHEUS = "/usr/bin/prometheus"
 # matrix games' default feed-forward agents (the SMAX/GRF tests below serve recurrent agents).
 QTRAN_TRAIN = ("--algo", "qtran-base", "--env", "matrix:qtran", "--steps", "4000", "--seed", "0",
                "--set", "env.num_envs=32", "--set", "learner.updates_per_iteration=8",
-               "--set", "algo.joint_embed_dim=32", "--set", "run.progress=false")
+               "--set", "mixer.joint_embed_dim=32", "--set", "run.progress=false")
 
 
 def _marlctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

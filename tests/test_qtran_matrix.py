@@ -35,7 +35,7 @@ def train(algo: str, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[TrainingRu
 
 @pytest.mark.parametrize("algo", ["qtran-base", "qtran-alt"])
 def test_qtran_recovers_table_1(algo: str, tmp_path: Path) -> None:
-    _, t, last_eval = train(algo, tmp_path, ("algo.joint_embed_dim=32",))
+    _, t, last_eval = train(algo, tmp_path, ("mixer.joint_embed_dim=32",))
     assert t.greedy == (A, A), f"{algo} greedy joint action {t.greedy}, Q_i={t.q_i}"
     assert t.q_joint[A, A] == pytest.approx(8.0, abs=0.5)
     np.testing.assert_allclose(t.q_joint, PAYOFF, atol=1.0)  # Table 1c: Q_jt reconstructs the payoff
@@ -62,6 +62,6 @@ def test_vjt_zero_warns_on_partially_observable_env() -> None:
 
 def test_vjt_zero_run_on_matrix_game(tmp_path: Path) -> None:
     """The paper's own Table 1 setting (footnote 1): V_jt = 0 on the fully observable game."""
-    _, t, _ = train("qtran-base", tmp_path, ("algo.joint_embed_dim=32", "algo.vjt_zero=true"))
+    _, t, _ = train("qtran-base", tmp_path, ("mixer.joint_embed_dim=32", "algo.vjt_zero=true"))
     assert t.greedy == (A, A)
     assert t.q_joint[A, A] == pytest.approx(8.0, abs=0.5)

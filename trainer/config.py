@@ -6,7 +6,7 @@ Layers, later wins: dataclass defaults (pymarl conventions) < ``configs/algo/<al
 policy methods' entropy schedule on the matrix games) < the user's ``--config FILE`` (TOML or JSON) <
 ``--set section.key=value``.
 Sections are the fields of ``TrainConfig`` (``run``, ``env``, ``agent``, ``replay``, ``exploration``,
-``optim``, ``learner``, ``algo``); ``algo`` holds the algorithm's own options dataclass
+``optim``, ``learner``, ``mixer``, ``algo``); ``algo`` holds the algorithm's own options dataclass
 (``AlgorithmSpec.config_cls``). An unknown section or key is an error naming the valid ones.
 
 The algorithm table is ``trainer/registry.py``. An options dataclass may define
@@ -155,10 +155,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ValueLearnerConfig:
-    """Shared settings of value-factorization learners (targets, mixer sizes, update cadence)."""
+    """Learning targets and update cadence: ``gamma`` for every method, the rest for the value methods."""
 
     gamma: float = 0.99
-    """Discount factor."""
+    """Discount factor of the task (every method; TAD-PPO's transformed MDP uses gamma^(1/n) from it)."""
     double_q: bool = True
     """Pick the next greedy action with the online agent, evaluate it with the target (double Q)."""
     td_lambda: float = 0.0
@@ -169,15 +169,35 @@ class ValueLearnerConfig:
     """Episodes between hard target-network updates."""
     updates_per_iteration: int = 1
     """Gradient updates after each rollout iteration."""
-    mixing_embed_dim: int = 32
-    """Width of the QMIX mixing layer."""
-    hypernet_embed: int = 64
-    """Width of the hypernetworks' hidden layer."""
-    hypernet_layers: int = 2
-    """1 = linear hypernetworks, 2 = one hidden layer."""
     normalize_state: bool = False
     """Normalize the global state given to mixers by a running mean/std (for raw states such as SMAX's
     unit positions, which otherwise blow up QMIX's hypernetworks)."""
+
+    def validate(self) -> None:
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigValueError(f"learner.gamma={self.gamma}; valid: 0 < gamma <= 1")
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Widths of the value methods' networks above the agents (each method reads the ones it builds)."""
+
+    mixing_embed_dim: int = 32
+    """Width of the QMIX mixing layer (QMIX, OW/CW-QMIX, ReMIX)."""
+    hypernet_embed: int = 64
+    """Width of the QMIX hypernetworks' hidden layer."""
+    hypernet_layers: int = 2
+    """1 = linear hypernetworks, 2 = one hidden layer."""
+    central_embed_dim: int = 256
+    """Width of the unrestricted Q*'s feed-forward layers (OW/CW-QMIX, ReMIX)."""
+    joint_embed_dim: int = 64
+    """Width of QTRAN's joint networks Q_jt / V_jt (appendix C: 32 for the matrix game, 64 for predator-prey)."""
+
+    def validate(self) -> None:
+        small = [f"mixer.{k}={v}" for k, v in dataclasses.asdict(self).items() if v < 1]
+        if small or self.hypernet_layers not in (1, 2):
+            raise ConfigValueError(f"{', '.join(small) or f'mixer.hypernet_layers={self.hypernet_layers}'}; valid: "
+                                   "widths >= 1, hypernet_layers 1 or 2")
 
 
 ALGO_SECTION = "algo"
@@ -189,6 +209,7 @@ SECTION_TYPES: dict[str, type] = {
     "exploration": ExplorationConfig,
     "optim": OptimConfig,
     "learner": ValueLearnerConfig,
+    "mixer": MixerConfig,
     "ray": RayConfig,
 }
 
@@ -210,7 +231,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and gradient clipping."""
     learner: ValueLearnerConfig = field(default_factory=ValueLearnerConfig)
-    """Targets, mixer sizes and update cadence (value methods)."""
+    """Discount (every method), targets and update cadence (value methods)."""
+    mixer: MixerConfig = field(default_factory=MixerConfig)
+    """Widths of the mixers, Q* and QTRAN's joint networks (value methods)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Rollout workers on a Ray cluster (``trainer/distributed``; an empty address = the single-process path)."""
     algo: Any = field(default_factory=NoOptions)

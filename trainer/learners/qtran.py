@@ -41,8 +41,6 @@ class QtranConfig:
     """Weight of L_opt (Tables 3-5: 1)."""
     lambda_nopt: float = 1.0
     """Weight of L_nopt (base) or L_nopt_min (alt) (Tables 3-5: 1)."""
-    joint_embed_dim: int = 64
-    """Width of the joint networks' layers (appendix C: 32 for the matrix game, 64 for predator-prey)."""
     joint_state_input: bool = False
     """Also feed the global state to Q_jt / V_jt (off: the paper's networks read only agent features)."""
     vjt_zero: bool = False
@@ -51,8 +49,6 @@ class QtranConfig:
     def validate(self) -> None:
         if self.lambda_opt < 0 or self.lambda_nopt < 0:
             raise ConfigValueError(f"algo.lambda_opt={self.lambda_opt} and algo.lambda_nopt={self.lambda_nopt} must be >= 0")
-        if self.joint_embed_dim < 1:
-            raise ConfigValueError(f"algo.joint_embed_dim={self.joint_embed_dim} must be >= 1")
 
     def env_warnings(self, spec: EnvSpec) -> list[str]:
         if self.vjt_zero and not spec.fully_observable:
@@ -89,7 +85,8 @@ class QtranLearner(ValueLearner):
 
     def build_networks(self) -> dict[str, nn.Module]:
         c: QtranConfig = self.algo_cfg
-        return {"joint": self.build_joint(c.joint_embed_dim, self.spec.state_dim if c.joint_state_input else 0)}
+        return {"joint": self.build_joint(self.cfg.mixer.joint_embed_dim,
+                                          self.spec.state_dim if c.joint_state_input else 0)}
 
     def joint(self, hidden_BTNH: torch.Tensor, actions_BTN: torch.Tensor, state_BTS: torch.Tensor,
               target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,8 +45,6 @@ class RemixOptions(RemixWeightConfig):
     """Episodes drawn from the recent window per update, on top of ``replay.batch_size`` uniform ones."""
     on_policy_ratio: float = 2.0
     """Estimate of d^pi / mu for a recent episode (uniform ones: 1)."""
-    central_embed_dim: int = 256
-    """Width of Q*'s layers (as WQMIX)."""
     central_loss_weight: float = 1.0
     """Weight of Q*'s unweighted TD loss."""
 

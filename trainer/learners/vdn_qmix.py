@@ -46,9 +46,8 @@ class QMIXLearner(MixerLearner):
     """QMIX: Q_tot = monotonic hypernetwork mixer of the Q_i conditioned on the state."""
 
     def build_mixer(self) -> nn.Module:
-        lc = self.lcfg
-        return QMixer(self.spec.n_agents, self.spec.state_dim, lc.mixing_embed_dim, lc.hypernet_embed,
-                      lc.hypernet_layers)
+        m = self.cfg.mixer
+        return QMixer(self.spec.n_agents, self.spec.state_dim, m.mixing_embed_dim, m.hypernet_embed, m.hypernet_layers)
 
 
 VDN = value_method("vdn", "VDN: additive value decomposition (Sunehag et al. 2018)", VDNLearner, NoOptions)

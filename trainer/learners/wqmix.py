@@ -28,8 +28,6 @@ class WQMIXOptions:
 
     alpha: float = 0.5
     """Weight of the joint actions QMIX may fit less well (0 < alpha <= 1; 1 = plain QMIX loss)."""
-    central_embed_dim: int = 256
-    """Width of Q*'s feed-forward layers."""
     qmix_loss_weight: float = 1.0
     """Weight of the weighted QMIX loss."""
     central_loss_weight: float = 1.0
@@ -46,12 +44,12 @@ class WQMIXLearner(ValueLearner):
     weighting: Literal["ow", "cw"] = "ow"
 
     def build_networks(self) -> dict[str, nn.Module]:
-        lc, opts = self.lcfg, self.algo_cfg
+        m = self.cfg.mixer
         return {
-            "mixer": QMixer(self.spec.n_agents, self.spec.state_dim, lc.mixing_embed_dim, lc.hypernet_embed,
-                            lc.hypernet_layers),
+            "mixer": QMixer(self.spec.n_agents, self.spec.state_dim, m.mixing_embed_dim, m.hypernet_embed,
+                            m.hypernet_layers),
             "central_agent": AgentNet(self.agent.config),
-            "central": CentralQ(self.spec.n_agents, self.spec.state_dim, opts.central_embed_dim),
+            "central": CentralQ(self.spec.n_agents, self.spec.state_dim, m.central_embed_dim),
         }
 
     def central_target(self, batch: EpisodeBatch, q_BTNA: torch.Tensor) -> torch.Tensor:

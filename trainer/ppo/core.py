@@ -28,10 +28,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PPOOptions:
-    """MAPPO's own options (the ``[algo]`` section); defaults follow MAPPO (Yu et al., 2022) on SMAC."""
+    """MAPPO's own options (the ``[algo]`` section); defaults follow MAPPO (Yu et al., 2022) on SMAC.
+    The discount is ``learner.gamma``, shared with every method."""
 
-    gamma: float = 0.99
-    """Discount factor of the (original, multi-agent) task."""
     gae_lambda: float = 0.95
     """GAE lambda."""
     clip: float = 0.2
@@ -72,7 +71,7 @@ class PPOOptions:
 
     def validate(self) -> None:
         checks = {
-            "gamma": 0.0 < self.gamma <= 1.0, "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
+            "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
             "clip": self.clip > 0.0, "epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1,
             "entropy_coef": self.entropy_coef >= 0.0, "entropy_coef_start": self.entropy_coef_start >= 0.0,
             "entropy_anneal_steps": self.entropy_anneal_steps >= 0, "value_loss_coef": self.value_loss_coef >= 0.0,
@@ -82,8 +81,7 @@ class PPOOptions:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigValueError(
-                f"[algo] out of range: {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; valid: gamma in (0, 1], "
-                "gae_lambda in [0, 1], clip/critic_lr > 0, epochs/minibatches/critic_hidden_dim/eval_envs >= 1, "
+                f"[algo] out of range: {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; valid: gae_lambda in [0, 1], clip/critic_lr > 0, epochs/minibatches/critic_hidden_dim/eval_envs >= 1, "
                 "entropy_coef/entropy_coef_start/entropy_anneal_steps/value_loss_coef/huber_delta >= 0"
             )
 

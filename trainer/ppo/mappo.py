@@ -61,7 +61,7 @@ class MAPPO(RecurrentPPOBase):
             per_agent = [x[:, :, None].expand(T, B, N).reshape(T, B * N)
                          for x in (ro.rewards, ro.terminated, ro.ended)]
             adv, ret = gae(per_agent[0], ro.values.reshape(T, B * N), ro.next_values.reshape(T, B * N),
-                           per_agent[1], per_agent[2], opts.gamma, opts.gae_lambda)
+                           per_agent[1], per_agent[2], self.cfg.learner.gamma, opts.gae_lambda)
             adv_TBN, ret_TBN = adv.view(T, B, N), ret.view(T, B, N)
             valid_TBN = ro.valid[:, :, None].expand(T, B, N)
             if opts.value_norm:

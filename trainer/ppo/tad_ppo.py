@@ -148,7 +148,7 @@ class TADPPO(RecurrentPPOBase):
     def _update(self, ro: Rollout) -> dict[str, float]:
         opts, (T, B, N) = self.opts, ro.actions.shape
         entropy_coef = self._entropy_coef()
-        gamma_v = opts.gamma ** (1.0 / N)  # Theorem 5.1: gamma' = gamma^(1/n)
+        gamma_v = self.cfg.learner.gamma ** (1.0 / N)  # Theorem 5.1: gamma' = gamma^(1/n)
         lam_v = opts.gae_lambda ** (1.0 / N) if opts.transform_lambda else opts.gae_lambda
         with torch.no_grad():
             flat = interleave_virtual_steps(ro.rewards, ro.values, ro.next_values[:, :, 0], ro.terminated, ro.ended)
