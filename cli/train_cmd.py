@@ -23,6 +23,10 @@ def train(
                                    "e.g. --set optim.lr=0.001 --set env.num_envs=16."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its "
                                        "latest checkpoint."),
+    logger: str | None = typer.Option(None, "--logger", help="Experiment trackers, comma-separated: tensorboard, "
+                                      "jsonl, mlflow, wandb (default tensorboard,jsonl; --resume keeps the run's)."),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI or path for --logger "
+                                          "...,mlflow (default: the file store RUN/mlruns)."),
 ) -> None:
     """Train an algorithm on an environment (or resume a run), with logs, evaluation and checkpoints."""
     # Cheap checks first (no PyTorch import), so bad input fails fast.
@@ -32,7 +36,8 @@ def train(
 
     if resume is not None:
         extra = [name for name, value in (("--algo", algo), ("--env", env), ("--seed", seed), ("--device", device),
-                                          ("--out", out), ("--config", config)) if value is not None]
+                                          ("--out", out), ("--config", config), ("--logger", logger),
+                                          ("--mlflow-uri", mlflow_uri)) if value is not None]
         if extra or set_:
             raise ConfigValueError(f"--resume continues a run with its own config.json; do not combine it with "
                                    f"{', '.join(extra + (['--set'] if set_ else []))} (only --steps may change)")
@@ -49,10 +54,13 @@ def train(
 
     check_algorithm_name(algo)
     parse_env_id(env)
+    from marlctl.trainer.trackers import TrackerOptions
+
+    trackers = TrackerOptions.parse(logger, mlflow_uri)
     cfg = load_config(algo, env, config_file=config, overrides=set_, steps=steps, seed=seed, device=device)
     from marlctl.trainer.run import train_run
 
-    train_run(cfg, out, console=console)
+    train_run(cfg, out, console=console, trackers=trackers)
 
 
 def plot(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from marlctl.trainer.algorithm import Algorithm
 from marlctl.trainer.config import TrainConfig, check_against_env, from_sections
 from marlctl.trainer.errors import CheckpointError, ConfigValueError, RunDirError
 from marlctl.trainer.registry import algorithm_spec
+from marlctl.trainer.trackers import RunLogger, TrackerOptions
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -76,29 +76,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
-# ------------------------------------------------------------------ logging
-
-
-class RunLogger:
-    """Appends events to ``log.jsonl`` and scalars to TensorBoard (``tb/``)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.file = open(run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-
-    def event(self, event: str, env_steps: int, scalars: dict[str, float] | None = None, **extra: Any) -> None:
-        record = {"event": event, "env_steps": env_steps, "time": round(time.time(), 3), **extra, **(scalars or {})}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        for k, v in (scalars or {}).items():
-            if isinstance(v, int | float) and math.isfinite(v):
-                self.tb.add_scalar(k, v, env_steps)
-
-    def close(self) -> None:
-        self.tb.close()
-        self.file.close()
+# ------------------------------------------------------------------ logging (the trackers: trainer/trackers.py)
 
 
 class MetricAccumulator:
@@ -357,8 +335,10 @@ def _report_warnings(run: TrainingRun, logger: RunLogger, messages: list[str]) -
     run.warnings = messages
 
 
-def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = None) -> RunSummary:
-    """Start a new run in ``run_dir`` (which must not exist or be empty)."""
+def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = None,
+              trackers: TrackerOptions | None = None) -> RunSummary:
+    """Start a new run in ``run_dir`` (which must not exist or be empty); ``trackers`` picks the experiment
+    trackers (default: TensorBoard + JSONL)."""
     console = console or Console()
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -371,7 +351,7 @@ def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = N
     run = TrainingRun(cfg, run_dir, spec, console)
     console.print(f"[bold]train[/] {cfg.run.algo} on {cfg.env.env_id} ({spec.n_agents} agents, {cfg.env.num_envs} envs)"
                   f" for {cfg.run.steps:,} env steps, seed {cfg.run.seed}, device {run.device} -> {run_dir}")
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, trackers, cfg.to_dict())
     try:
         logger.event("start", 0, algo=cfg.run.algo, env_id=cfg.env.env_id, seed=cfg.run.seed,
                      device=str(run.device))
@@ -429,7 +409,7 @@ def resume_run(run_dir: str | Path, steps: int | None = None, console: Console |
     console.print(f"[bold]resumed[/] {run_dir} from {file.name} (sha256 {sha[:12]}): {cfg.run.algo} on "
                   f"{cfg.env.env_id}, env step {st.env_steps:,} of {cfg.run.steps:,}, {st.episodes:,} episodes, "
                   f"{st.updates:,} updates")
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, TrackerOptions.load(run_dir), cfg.to_dict())
     try:
         logger.event("resume", st.env_steps, checkpoint=str(file), sha256=sha, steps=cfg.run.steps)
         _report_warnings(run, logger, messages)
