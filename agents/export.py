@@ -10,6 +10,7 @@ place with ``os.replace`` only after verification passed; the manifest is writte
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -216,9 +217,26 @@ def verify_agent(
     return AgentVerification(index, steps, d_scores, d_hidden, agree / max(steps, 1), real)
 
 
-def _metadata(bundle: BundleLike, index: int, exported_at: str) -> dict[str, str]:
+def observation_ranges(episodes: RecordedEpisodes) -> list[tuple[list[float], list[float]]]:
+    """Per agent, the lowest and highest value of each observation feature over the live steps of the
+    recorded episodes (what the verified policy has seen): ``[(low [O], high [O]), ...]``. Serving's
+    ``--obs-guard`` refuses or clips observations far outside it."""
+    live_ET = episodes.live_ET
+    out = []
+    for i in range(episodes.obs_ETNO.shape[2]):
+        obs_SO = episodes.obs_ETNO[:, :, i][live_ET]  # [live steps, O]
+        if obs_SO.shape[0] == 0:
+            obs_SO = np.zeros((1, episodes.obs_ETNO.shape[3]), np.float32)
+        out.append((obs_SO.min(axis=0).astype(float).tolist(), obs_SO.max(axis=0).astype(float).tolist()))
+    return out
+
+
+def _metadata(bundle: BundleLike, index: int, exported_at: str,
+              obs_range: tuple[list[float], list[float]] | None = None) -> dict[str, str]:
     cfg = bundle.net.config
+    ranges = {} if obs_range is None else {"obs_low": json.dumps(obs_range[0]), "obs_high": json.dumps(obs_range[1])}
     return {
+        **ranges,
         "format": onnx_io.ONNX_FORMAT,
         "format_version": str(onnx_io.ONNX_FORMAT_VERSION),
         "algorithm": bundle.algo,
@@ -342,6 +360,7 @@ def _export_into(bundle: BundleLike, net: AgentNet, out: Path, config: ExportCon
     cfg = net.config
     exported_at = datetime.now(UTC).isoformat(timespec="seconds")
     episodes = record_episodes(bundle.env_id, cfg.n_agents, cfg.obs_dim, cfg.n_actions, config)
+    obs_ranges = observation_ranges(episodes)
 
     staged: list[Path] = []
     try:
@@ -349,7 +368,7 @@ def _export_into(bundle: BundleLike, net: AgentNet, out: Path, config: ExportCon
         for i in range(cfg.n_agents):
             tmp = out / f".{onnx_io.agent_file_name(i)}.staged"
             staged.append(tmp)
-            _export_one(net, i, tmp, config.opset, _metadata(bundle, i, exported_at))
+            _export_one(net, i, tmp, config.opset, _metadata(bundle, i, exported_at, obs_ranges[i]))
             check = verify_agent(net, i, tmp, episodes, config.tolerance)
             worst = max(check.max_abs_diff_scores, check.max_abs_diff_hidden)
             if not np.isfinite(worst) or worst > config.tolerance or check.real_disagreements:
@@ -364,6 +383,8 @@ def _export_into(bundle: BundleLike, net: AgentNet, out: Path, config: ExportCon
                 "file": onnx_io.agent_file_name(i),
                 "sha256": onnx_io.sha256_file(tmp),
                 "bytes": tmp.stat().st_size,
+                "obs_low": obs_ranges[i][0],
+                "obs_high": obs_ranges[i][1],
             })
         for i, tmp in enumerate(staged):
             tmp.replace(out / onnx_io.agent_file_name(i))

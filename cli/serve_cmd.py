@@ -36,9 +36,18 @@ def serve(
     max_batch: int = typer.Option(256, help="Most decisions in one ONNX Runtime call."),
     batch_window_us: int = typer.Option(0, help="Extra microseconds a batch waits for more requests (0: none)."),
     device: str = typer.Option("auto", help="auto (CUDA when it loads, else CPU), cpu or cuda."),
+    obs_guard: str = typer.Option("refuse", help="Observations far outside the range the model was exported for: "
+                                  "refuse (INVALID_ARGUMENT), clip, or off."),
+    obs_margin: float = typer.Option(10.0, help="How far outside its exported range a feature may go, in units of "
+                                     "max(high - low, 1)."),
+    watch: float | None = typer.Option(None, help="Poll the model dir's manifest every WATCH seconds and roll out a "
+                                       "changed model (SIGHUP always does)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
-    """Serve one agent's ONNX policy over gRPC until SIGTERM/Ctrl-C (then drain and exit)."""
+    """Serve one agent's ONNX policy over gRPC until SIGTERM/Ctrl-C (then drain and exit).
+
+    SIGHUP (or --watch) rolls out the model dir's new version without a restart: live episodes finish on
+    theirs, new episodes get the new one; SIGUSR1 rolls back to the previous version."""
     import asyncio
 
     from marlctl.serving.model import ModelConfig, read_manifest
@@ -51,13 +60,14 @@ def serve(
         model_dir=model_dir, agent_index=agent, host=host, port=port, metrics_port=metrics_port,
         max_episodes=max_episodes, idle_timeout_s=idle_timeout, max_message_bytes=max_message_bytes,
         tls_cert=tls_cert, tls_key=tls_key, grace_s=grace, batching=batching, max_batch=max_batch,
-        batch_window_us=batch_window_us, model=ModelConfig(device=device))
+        batch_window_us=batch_window_us, model=ModelConfig(device=device), obs_guard=obs_guard,
+        obs_margin=obs_margin, watch_s=watch)
 
     def ready(server) -> None:  # noqa: ANN001 - AgentServer, imported lazily
         metrics = f", metrics :{server.metrics_port}/metrics" if server.metrics_port is not None else ""
         m = server.servicer.model
-        console.print(f"agent {agent} of {m.manifest['env_id']} ({m.manifest['algorithm']}) SERVING on "
-                      f"{host}:{server.port}{metrics} [{m.provider}]", highlight=False)
+        console.print(f"agent {agent} of {m.manifest['env_id']} ({m.manifest['algorithm']}) version {m.version} "
+                      f"SERVING on {host}:{server.port}{metrics} [{m.provider}]", highlight=False)
 
     asyncio.run(run_server(config, ready))
 

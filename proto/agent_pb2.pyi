@@ -81,11 +81,13 @@ class DecideRequest(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ..., start: _Optional[bool] = ..., end: _Optional[bool] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ...) -> None: ...
 
 class GetSpecRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("episode_id",)
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    episode_id: str
+    def __init__(self, episode_id: _Optional[str] = ...) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("agent_index", "n_agents", "obs_dim", "n_actions", "hidden_dim", "algorithm", "kind", "env_id", "model_sha256", "manifest_version", "server_version", "env_steps", "max_episodes", "execution_provider")
+    __slots__ = ("agent_index", "n_agents", "obs_dim", "n_actions", "hidden_dim", "algorithm", "kind", "env_id", "model_sha256", "manifest_version", "server_version", "env_steps", "max_episodes", "execution_provider", "model_version")
     AGENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     N_AGENTS_FIELD_NUMBER: _ClassVar[int]
     OBS_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class AgentSpec(_message.Message):
     ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_EPISODES_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     agent_index: int
     n_agents: int
     obs_dim: int
@@ -114,4 +117,5 @@ class AgentSpec(_message.Message):
     env_steps: int
     max_episodes: int
     execution_provider: str
-    def __init__(self, agent_index: _Optional[int] = ..., n_agents: _Optional[int] = ..., obs_dim: _Optional[int] = ..., n_actions: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., algorithm: _Optional[str] = ..., kind: _Optional[str] = ..., env_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., manifest_version: _Optional[int] = ..., server_version: _Optional[str] = ..., env_steps: _Optional[int] = ..., max_episodes: _Optional[int] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    model_version: str
+    def __init__(self, agent_index: _Optional[int] = ..., n_agents: _Optional[int] = ..., obs_dim: _Optional[int] = ..., n_actions: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., algorithm: _Optional[str] = ..., kind: _Optional[str] = ..., env_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., manifest_version: _Optional[int] = ..., server_version: _Optional[str] = ..., env_steps: _Optional[int] = ..., max_episodes: _Optional[int] = ..., execution_provider: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...

@@ -39,8 +39,12 @@ class ServerMetrics:
             "marl_agent_live_episodes", "Episodes holding server-side state (streams + unary)",
             ["agent"], registry=r)
         self.model_info = Gauge(
-            "marl_agent_model_info", "The model this agent service runs (value always 1)",
-            ["agent", "algo", "sha256"], registry=r)
+            "marl_agent_model_info", "Each model version this agent service runs episodes on (value always 1; "
+            "two while a rollout's old version still has live episodes)",
+            ["agent", "algo", "sha256", "version"], registry=r)
+        self.rollouts_total = Counter(
+            "marl_agent_rollouts_total", "Model rollouts (reload, --watch, rollback) by result: ok or refused",
+            ["agent", "result"], registry=r)
 
 
 @dataclass

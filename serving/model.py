@@ -1,9 +1,9 @@
 """One agent's exported model, loaded for serving: manifest and hash checks, ONNX Runtime session, warm-up.
 
 Torch-free (the serving image has no PyTorch). ``load_agent_model(model_dir, index)`` refuses,
-with a ``ModelDirError`` naming the problem, a model dir whose manifest is missing or malformed,
-an agent file that is missing, truncated or whose sha256 differs from the manifest, and a graph
-whose inputs/outputs/dims differ from the manifest. The session is built from the same bytes
+with a ``ModelDirError`` naming the problem, what ``serving.modeldir.verify_model_dir`` refuses (a
+manifest missing or malformed, an agent file missing, truncated or not matching its sha256), and
+a graph whose inputs/outputs/dims/metadata differ from the manifest. The session is built from the same bytes
 that were hashed, so the file cannot change between check and load.
 
 Threads: ``intra_op_num_threads = 1`` by default. Agent networks are small (an MLP and a GRU
@@ -15,7 +15,6 @@ call instead (``serving.server``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from marlctl.agents import onnx_io
 from marlctl.serving.errors import ModelDirError
+from marlctl.serving.modeldir import check_agent_index, read_agent_file, verify_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ class AgentModel:
     """Why CUDA was or was not used."""
     infer_seconds: dict[int, float] = field(default_factory=dict)
     """Median wall time of one inference call per warm-up batch size (measured at load)."""
+    manifest_sha256: str = ""
+    """sha256 of the manifest file's bytes (it pins every agent file: the team's model version)."""
+    obs_low_O: np.ndarray | None = None
+    """Lowest value of each observation feature seen at export (None: exported before ranges were recorded)."""
+    obs_high_O: np.ndarray | None = None
+
+    @property
+    def version(self) -> str:
+        """The model version: the first 12 hex digits of the manifest's sha256."""
+        return self.manifest_sha256[:12]
 
     @property
     def obs_dim(self) -> int:
@@ -88,21 +98,8 @@ class AgentModel:
 
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
-    """Read and schema-check ``MODEL_DIR/manifest.json``."""
-    model_dir = Path(model_dir)
-    path = model_dir / onnx_io.MANIFEST_NAME
-    if not model_dir.is_dir():
-        raise ModelDirError(f"model dir {model_dir} does not exist (create one with `marlctl export RUN_DIR --out DIR`)")
-    if not path.is_file():
-        raise ModelDirError(f"{path} not found: {model_dir} is not a model dir written by `marlctl export`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"{path} is not valid JSON: {exc}") from None
-    problems = onnx_io.manifest_problems(manifest)
-    if problems:
-        raise ModelDirError(f"{path} is not a valid marlctl model manifest: " + "; ".join(problems))
-    return manifest
+    """Read and schema-check ``MODEL_DIR/manifest.json`` (``ModelDirError``; ``serving.modeldir``)."""
+    return verify_model_dir(model_dir, agents=[]).manifest
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -160,23 +157,11 @@ def load_agent_model(model_dir: str | Path, agent_index: int, config: ModelConfi
 
     config = config or ModelConfig()
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    n = manifest["n_agents"]
-    if not 0 <= agent_index < n:
-        raise ModelDirError(f"agent index {agent_index} out of range: {model_dir} has agents 0..{n - 1}")
-    entry = manifest["agents"][agent_index]
-    path = model_dir / entry["file"]
-    if not path.is_file():
-        raise ModelDirError(f"{path} is missing (listed in {model_dir / onnx_io.MANIFEST_NAME})")
-    data = path.read_bytes()
-    if len(data) != entry["bytes"]:
-        raise ModelDirError(f"{path} has {len(data)} bytes but the manifest says {entry['bytes']}: truncated or replaced")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise ModelDirError(
-            f"{path} sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...: "
-            "the file was modified after export; re-export or restore it"
-        )
+    info = verify_model_dir(model_dir, agents=[])
+    manifest = info.manifest
+    check_agent_index(info, agent_index, model_dir)
+    path = model_dir / manifest["agents"][agent_index]["file"]
+    data, digest = read_agent_file(model_dir, manifest, agent_index)
 
     if config.device not in ("auto", "cpu", "cuda"):
         raise ModelDirError(f"device {config.device!r} not valid: choose auto, cpu or cuda")
@@ -201,12 +186,29 @@ def load_agent_model(model_dir: str | Path, agent_index: int, config: ModelConfi
             f"the manifest lists it as agent {agent_index} of {manifest['env_id']!r}"
         )
     _check_graph(session, manifest, str(path))
+    obs_low, obs_high = _obs_range(meta, manifest["obs_dim"], str(path))
     provider = session.get_providers()[0]
-    model = AgentModel(model_dir, agent_index, manifest, digest, session, provider, note)
+    model = AgentModel(model_dir, agent_index, manifest, digest, session, provider, note,
+                       manifest_sha256=info.manifest_sha256, obs_low_O=obs_low, obs_high_O=obs_high)
     model.infer_seconds = _warm_up(model, config.warmup_batch_sizes)
     log.info("agent %d of %s loaded on %s (%s); inference %s", agent_index, model_dir, provider, note,
              ", ".join(f"batch {b}: {s * 1e6:.0f} us" for b, s in model.infer_seconds.items()))
     return model
+
+
+def _obs_range(meta: dict[str, str], obs_dim: int, where: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The exported observation range from the ONNX metadata (``obs_low``/``obs_high``: JSON lists), or Nones."""
+    if "obs_low" not in meta and "obs_high" not in meta:
+        return None, None
+    try:
+        low = np.array(json.loads(meta["obs_low"]), np.float32)
+        high = np.array(json.loads(meta["obs_high"]), np.float32)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelDirError(f"{where}: metadata obs_low/obs_high unreadable ({exc})") from None
+    if low.shape != (obs_dim,) or high.shape != (obs_dim,) or not (np.isfinite(low).all() and np.isfinite(high).all()) \
+            or (low > high).any():
+        raise ModelDirError(f"{where}: metadata obs_low/obs_high must be {obs_dim} finite values each with low <= high")
+    return low, high
 
 
 def _warm_up(model: AgentModel, batch_sizes: tuple[int, ...]) -> dict[int, float]:

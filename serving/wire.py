@@ -79,6 +79,62 @@ def decode_observation(data: bytes) -> tuple[np.ndarray, np.ndarray, str]:
     return np.array(msg.obs, np.float32), np.array(msg.avail_actions, bool), msg.episode_id
 
 
+def decode_decide_request(data: bytes) -> tuple[str, bool, bool, tuple[np.ndarray, np.ndarray] | None]:
+    """``(episode_id, start, end, (obs [O], avail [A]) or None)`` from a serialized ``DecideRequest`` (any valid
+    encoding); raises ``ValueError`` on bytes that are not one (truncated, invalid UTF-8 in a string, ...)."""
+    fast = _parse_decide_request(data)
+    if fast is not None:
+        return fast
+    from google.protobuf.message import DecodeError
+
+    try:
+        msg = agent_pb2.DecideRequest.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"malformed DecideRequest message: {exc}") from None
+    obs = None
+    if msg.HasField("observation"):
+        obs = np.array(msg.observation.obs, np.float32), np.array(msg.observation.avail_actions, bool)
+    return msg.episode_id, msg.start, msg.end, obs
+
+
+def _parse_decide_request(data: bytes) -> tuple[str, bool, bool, tuple[np.ndarray, np.ndarray] | None] | None:
+    """The canonical encoding of a ``DecideRequest`` read directly (None: let the protobuf parser decide)."""
+    eid, start, end, obs = "", False, False, None
+    pos, n_data, seen = 0, len(data), 0
+    try:
+        while pos < n_data:
+            tag = data[pos]
+            number, kind = tag >> 3, tag & 7
+            if not 1 <= number <= 4 or seen & (1 << number):
+                return None
+            seen |= 1 << number
+            if kind == 0 and number in (2, 3):
+                value, pos = _varint(data, pos + 1)
+                if value > 1:
+                    return None
+                if number == 2:
+                    start = bool(value)
+                else:
+                    end = bool(value)
+                continue
+            if kind != 2 or number not in (1, 4):
+                return None
+            n, pos = _varint(data, pos + 1)
+            if pos + n > n_data:
+                return None
+            if number == 1:
+                eid = data[pos: pos + n].decode("utf-8")
+            else:
+                parsed = parse_observation(data[pos: pos + n])
+                if parsed is None:
+                    return None
+                obs = parsed[0], parsed[1]
+            pos += n
+    except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError: the protobuf parser words it
+        return None
+    return eid, start, end, obs
+
+
 def encode_decision(action: int, scores_A: np.ndarray, step: int, decision_ns: int, inference_ns: int,
                     batch_size: int) -> bytes:
     """The serialized ``Decision`` (bytes the protobuf parser reads back as the same message)."""
