@@ -47,3 +47,31 @@ class RayConfig:
         if bad:
             raise ConfigValueError(f"[ray] out of range: {', '.join(bad)}; valid: envs_per_worker >= 0 (0 = env.num_envs), "
                                    "worker_cpus > 0, max_policy_lag >= 0, connect_timeout_s > 0, max_worker_failures >= 1")
+
+
+def ray_flags(address: str | None, rollout_workers: int | None, envs_per_worker: int | None,
+              worker_cpus: float | None, max_policy_lag: int | None) -> dict[str, object]:
+    """The ``[ray]`` keys that ``marlctl train``'s flags set (``--ray none`` = back to one process)."""
+    given = {"rollout_workers": rollout_workers, "envs_per_worker": envs_per_worker, "worker_cpus": worker_cpus,
+             "max_policy_lag": max_policy_lag}
+    out: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    if address is not None:
+        address = address.strip()
+        if address.lower() == "none":
+            out.update(address="", rollout_workers=out.get("rollout_workers", 0))
+        else:
+            if address != "local":
+                from marlctl.trainer.distributed.cluster import parse_address
+
+                parse_address(address)
+            out["address"] = address
+    return out
+
+
+def with_flags(base: RayConfig, flags: dict[str, object]) -> RayConfig:
+    """``base`` with the flags' keys replaced, validated (a resumed run's recorded section + new flags)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(base, **flags)  # type: ignore[arg-type]
+    cfg.validate()
+    return cfg
