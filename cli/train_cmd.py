@@ -27,13 +27,28 @@ def train(
                                       "jsonl, mlflow, wandb (default tensorboard,jsonl; --resume keeps the run's)."),
     mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI or path for --logger "
                                           "...,mlflow (default: the file store RUN/mlruns)."),
+    ray: str | None = typer.Option(None, "--ray", help="Collect on Ray workers: local (start Ray here) or HOST:PORT "
+                                   "of a running head (`ray start --head`); with --resume also none (one process)."),
+    rollout_workers: int | None = typer.Option(None, "--rollout-workers", help="Rollout workers (Ray actors; needs "
+                                               "--ray; with --resume: the new count)."),
+    envs_per_worker: int | None = typer.Option(None, "--envs-per-worker", help="Batched envs per worker (default "
+                                               "env.num_envs)."),
+    worker_cpus: float | None = typer.Option(None, "--worker-cpus", help="CPUs each worker reserves (default 1)."),
+    max_policy_lag: int | None = typer.Option(None, "--max-policy-lag", help="Value methods: drop episodes of a "
+                                              "policy more than K versions old (default 16)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics of the run on "
+                                            "this port (marl_train_*)."),
 ) -> None:
     """Train an algorithm on an environment (or resume a run), with logs, evaluation and checkpoints."""
     # Cheap checks first (no PyTorch import), so bad input fails fast.
-    from marlctl.trainer.config import load_config
+    from marlctl.trainer.config import config_layers, resolve_layers
+    from marlctl.trainer.distributed.settings import ray_flags, with_flags
     from marlctl.trainer.errors import ConfigValueError
     from marlctl.trainer.registry import ALGORITHMS, check_algorithm_name
 
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        raise ConfigValueError(f"--metrics-port {metrics_port} is not a port; valid: 1..65535")
+    flags = ray_flags(ray, rollout_workers, envs_per_worker, worker_cpus, max_policy_lag)
     if resume is not None:
         extra = [name for name, value in (("--algo", algo), ("--env", env), ("--seed", seed), ("--device", device),
                                           ("--out", out), ("--config", config), ("--logger", logger),
@@ -41,9 +56,11 @@ def train(
         if extra or set_:
             raise ConfigValueError(f"--resume continues a run with its own config.json; do not combine it with "
                                    f"{', '.join(extra + (['--set'] if set_ else []))} (only --steps may change)")
-        from marlctl.trainer.run import resume_run
+        from marlctl.trainer.run import load_run_config, resume_run
 
-        resume_run(resume, steps=steps, console=console)
+        ray_cfg = with_flags(load_run_config(resume).ray, flags) if flags else None
+        _check_cluster(ray_cfg)
+        resume_run(resume, steps=steps, console=console, ray=ray_cfg, metrics_port=metrics_port)
         return
     missing = [name for name, value in (("--algo", algo), ("--env", env), ("--out", out)) if value is None]
     if missing:
@@ -57,10 +74,23 @@ def train(
     from marlctl.trainer.trackers import TrackerOptions
 
     trackers = TrackerOptions.parse(logger, mlflow_uri)
-    cfg = load_config(algo, env, config_file=config, overrides=set_, steps=steps, seed=seed, device=device)
+    ray_set = [f"ray.{k}={v}" for k, v in flags.items()]
+    layers = config_layers(algo, env, config_file=config, overrides=[*set_, *ray_set], steps=steps, seed=seed,
+                           device=device)
+    cfg = resolve_layers(layers)
+    _check_cluster(cfg.ray)
     from marlctl.trainer.run import train_run
 
-    train_run(cfg, out, console=console, trackers=trackers)
+    train_run(cfg, out, console=console, metrics_port=metrics_port, trackers=trackers, layers=layers)
+
+
+def _check_cluster(ray_cfg: object) -> None:
+    """An unreachable ``--ray HOST:PORT`` fails here, before a run dir is made or PyTorch is imported."""
+    address = getattr(ray_cfg, "address", "")
+    if address and address != "local":
+        from marlctl.trainer.distributed.cluster import check_reachable
+
+        check_reachable(address, ray_cfg.connect_timeout_s)  # type: ignore[attr-defined]
 
 
 def plot(

@@ -24,7 +24,15 @@ from marlctl.agents.errors import ModelError
 from marlctl.agents.files import atomic_write_bytes, atomic_write_json
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer.algorithm import Algorithm
-from marlctl.trainer.config import TrainConfig, check_against_env, from_sections
+from marlctl.trainer.config import (
+    SOURCES_FILE,
+    ConfigLayer,
+    TrainConfig,
+    check_against_env,
+    explain_config,
+    from_sections,
+    sources_record,
+)
 from marlctl.trainer.errors import CheckpointError, ConfigValueError, RunDirError
 from marlctl.trainer.registry import algorithm_spec
 from marlctl.trainer.trackers import RunLogger, TrackerOptions
@@ -335,10 +343,23 @@ def _report_warnings(run: TrainingRun, logger: RunLogger, messages: list[str]) -
     run.warnings = messages
 
 
+def _observe(run: TrainingRun, metrics_port: int | None) -> Any:
+    """The Prometheus exporter of ``--metrics-port`` (None without one); its ``close()`` stops it."""
+    if metrics_port is None:
+        return None
+    from marlctl.trainer.train_metrics import TrainMetrics
+
+    metrics = TrainMetrics.serve(metrics_port, run)
+    run.observers.append(metrics)
+    return metrics
+
+
 def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = None,
-              trackers: TrackerOptions | None = None) -> RunSummary:
-    """Start a new run in ``run_dir`` (which must not exist or be empty); ``trackers`` picks the experiment
-    trackers (default: TensorBoard + JSONL)."""
+              metrics_port: int | None = None, trackers: TrackerOptions | None = None,
+              layers: list[ConfigLayer] | None = None) -> RunSummary:
+    """Start a new run in ``run_dir`` (which must not exist or be empty); ``metrics_port`` serves Prometheus metrics;
+    ``trackers`` picks the experiment trackers (default: TensorBoard + JSONL); ``layers`` (those ``cfg`` was
+    resolved from) are recorded in ``config_sources.json`` for ``marlctl config show RUN_DIR``."""
     console = console or Console()
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -348,11 +369,22 @@ def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = N
     messages = _validate(cfg, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    run = TrainingRun(cfg, run_dir, spec, console)
+    if layers is not None:
+        atomic_write_json(run_dir / SOURCES_FILE, sources_record(explain_config(cfg, layers)))
+    try:
+        run = TrainingRun(cfg, run_dir, spec, console)
+    except BaseException:  # e.g. an unreachable Ray cluster: leave no run dir that cannot be resumed
+        (run_dir / "config.json").unlink(missing_ok=True)
+        (run_dir / SOURCES_FILE).unlink(missing_ok=True)
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     console.print(f"[bold]train[/] {cfg.run.algo} on {cfg.env.env_id} ({spec.n_agents} agents, {cfg.env.num_envs} envs)"
                   f" for {cfg.run.steps:,} env steps, seed {cfg.run.seed}, device {run.device} -> {run_dir}")
     logger = RunLogger(run_dir, trackers, cfg.to_dict())
+    metrics = None
     try:
+        metrics = _observe(run, metrics_port)
         logger.event("start", 0, algo=cfg.run.algo, env_id=cfg.env.env_id, seed=cfg.run.seed,
                      device=str(run.device))
         _report_warnings(run, logger, messages)
@@ -360,6 +392,8 @@ def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = N
     finally:
         logger.close()
         run.close()
+        if metrics is not None:
+            metrics.close()
     print_summary(summary, console)
     return summary
 
@@ -376,8 +410,10 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return from_sections(sections)
 
 
-def resume_run(run_dir: str | Path, steps: int | None = None, console: Console | None = None) -> RunSummary:
-    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt`` up to ``steps`` (default: its budget).
+def resume_run(run_dir: str | Path, steps: int | None = None, console: Console | None = None,
+               ray: Any = None, metrics_port: int | None = None) -> RunSummary:
+    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt`` up to ``steps`` (default: its budget);
+    ``ray`` (a ``RayConfig``) replaces the run's ``[ray]`` section, e.g. another worker count.
 
     Refuses (``CheckpointError``, nothing written) a missing, corrupt or foreign checkpoint."""
     console = console or Console()
@@ -385,6 +421,8 @@ def resume_run(run_dir: str | Path, steps: int | None = None, console: Console |
     cfg = load_run_config(run_dir)
     if steps is not None:
         cfg = cfg.replace(run=type(cfg.run)(**{**vars(cfg.run), "steps": int(steps)}))
+    if ray is not None:
+        cfg = cfg.replace(ray=ray)
     try:
         ckpt, file, sha = read_checkpoint(run_dir)
     except ModelError as exc:
@@ -403,20 +441,24 @@ def resume_run(run_dir: str | Path, steps: int | None = None, console: Console |
     except CheckpointError:
         run.close()
         raise
-    if steps is not None:
+    if steps is not None or ray is not None:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
     st = run.state
     console.print(f"[bold]resumed[/] {run_dir} from {file.name} (sha256 {sha[:12]}): {cfg.run.algo} on "
                   f"{cfg.env.env_id}, env step {st.env_steps:,} of {cfg.run.steps:,}, {st.episodes:,} episodes, "
                   f"{st.updates:,} updates")
     logger = RunLogger(run_dir, TrackerOptions.load(run_dir), cfg.to_dict())
+    metrics = None
     try:
+        metrics = _observe(run, metrics_port)
         logger.event("resume", st.env_steps, checkpoint=str(file), sha256=sha, steps=cfg.run.steps)
         _report_warnings(run, logger, messages)
         summary = run.loop(logger)
     finally:
         logger.close()
         run.close()
+        if metrics is not None:
+            metrics.close()
     print_summary(summary, console)
     return summary
 
