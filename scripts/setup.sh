@@ -46,7 +46,7 @@ PIP=(python -m pip install --disable-pip-version-check -q)
 
 stamp="$VENV/.marlctl-setup.sha256"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marlctl.cli, torch, jax, jaxmarl, gfootball, onnxruntime" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marlctl.cli, torch, jax, jaxmarl, gfootball, onnxruntime, ray" 2>/dev/null; then
   say "Python environment up to date ($VENV)"
   exit 0
 fi
