@@ -20,6 +20,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "envs_cmd",  # marlctl envs list|check
     "train_cmd",  # marlctl train, marlctl plot
+    "config_cmd",  # marlctl config show
     "export_cmd",  # marlctl export
     "serve_cmd",  # marlctl serve, marlctl serve-team
     "run_cmd",  # marlctl run, marlctl eval, marlctl replay

@@ -1,10 +1,9 @@
-"""Typed training configuration: one dataclass per component, layered TOML/JSON loading, the algorithm table.
+"""Typed training configuration: one dataclass per component, layered TOML/JSON loading with provenance.
 
-Layers, later wins: dataclass defaults (pymarl conventions) < ``configs/algo/<algo>.toml`` <
-``configs/env/<family>.toml`` < ``configs/env/<family>.<kind>.toml`` < ``configs/env/<family>.<algo>.toml``
-(settings of one env family for one kind of algorithm, ``value`` or ``policy``, or for one algorithm: e.g. the
-policy methods' entropy schedule on the matrix games) < the user's ``--config FILE`` (TOML or JSON) <
-``--set section.key=value``.
+``PRECEDENCE`` below is the one statement of which layer wins; ``config_layers`` builds the layers,
+``load_config`` resolves them and ``explain_config`` says, for every key, which layer set it and
+which values it overrode (``marlctl config show``). The packaged files hold only deviations from
+what they override (tests/test_config_show.py checks it).
 Sections are the fields of ``TrainConfig`` (``run``, ``env``, ``agent``, ``replay``, ``exploration``,
 ``optim``, ``learner``, ``mixer``, ``algo``); ``algo`` holds the algorithm's own options dataclass
 (``AlgorithmSpec.config_cls``). An unknown section or key is an error naming the valid ones.
@@ -35,6 +34,17 @@ if TYPE_CHECKING:
     from marlctl.envs.base import EnvSpec
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+PRECEDENCE = (
+    "later wins: dataclass default < algo/<algo>.toml < env/<family>.toml < env/<family>.<kind>.toml "
+    "< env/<family>.<algo>.toml < --config FILE < --set < command line (--algo, --env, --steps, --seed, --device). "
+    "An env family's file wins over an algorithm's own file: the algorithm file holds what its paper used on its "
+    "own benchmarks, the family file what that environment needs from every method, so methods are compared like "
+    "for like on it (e.g. env/matrix.toml's replay.batch_size = 32 beats algo/remix.toml's 128). A setting one kind "
+    "of method, or one method, needs on a family goes in env/<family>.<kind>.toml (kind: value or policy) or "
+    "env/<family>.<algo>.toml, which win over both."
+)
+DEFAULT_LAYER = "default"
 
 
 class ConfigWarning(UserWarning):
@@ -395,6 +405,42 @@ def from_sections(sections: dict[str, dict[str, Any]]) -> TrainConfig:
     return TrainConfig(**built, algo=algo_opts)
 
 
+@dataclass(frozen=True)
+class ConfigLayer:
+    """One layer of a run's config: where it comes from and the ``{section: {key: value}}`` it sets."""
+
+    name: str
+    """``algo/remix.toml``, ``env/matrix.toml``, ``--config FILE``, ``--set`` or ``command line``."""
+    sections: dict[str, dict[str, Any]]
+
+
+def packaged_layers(algo: str, env_id: str) -> list[ConfigLayer]:
+    """The packaged files that apply to ``algo`` on ``env_id``'s family, lowest first (missing files skipped)."""
+    kind = algorithm_spec(algo).kind  # a clear error first
+    family = env_family(env_id)
+    names = [("algo", algo), ("env", family), ("env", f"{family}.{kind}"), ("env", f"{family}.{algo}")]
+    return [ConfigLayer(f"{folder}/{name}.toml", _packaged(folder, name)) for folder, name in names
+            if (CONFIG_DIR / folder / f"{name}.toml").is_file()]
+
+
+def config_layers(
+    algo: str,
+    env_id: str,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    **run_fields: Any,
+) -> list[ConfigLayer]:
+    """Every layer of a new run's config, lowest first (``PRECEDENCE``); the dataclass defaults lie below them."""
+    layers = packaged_layers(algo, env_id)
+    if config_file is not None:
+        layers.append(ConfigLayer(f"--config {config_file}", read_config_file(config_file)))
+    if overrides:
+        layers.append(ConfigLayer("--set", parse_overrides(overrides)))
+    cli: dict[str, Any] = {"algo": algo, **{k: v for k, v in run_fields.items() if v is not None}}
+    layers.append(ConfigLayer("command line", {"run": cli, "env": {"env_id": env_id}}))
+    return layers
+
+
 def load_config(
     algo: str,
     env_id: str,
@@ -403,16 +449,73 @@ def load_config(
     **run_fields: Any,
 ) -> TrainConfig:
     """Resolve the layered config of a new run; ``run_fields`` (steps, seed, device) win over every layer."""
-    kind = algorithm_spec(algo).kind  # a clear error first
-    family = env_family(env_id)
-    layers = [_packaged("algo", algo), _packaged("env", family), _packaged("env", f"{family}.{kind}"),
-              _packaged("env", f"{family}.{algo}")]
-    if config_file is not None:
-        layers.append(read_config_file(config_file))
-    layers.append(parse_overrides(overrides))
-    cli: dict[str, Any] = {"algo": algo, **{k: v for k, v in run_fields.items() if v is not None}}
-    layers.append({"run": cli, "env": {"env_id": env_id}})
-    return from_sections(_merge(layers))
+    return resolve_layers(config_layers(algo, env_id, config_file, overrides, **run_fields))
+
+
+def resolve_layers(layers: Iterable[ConfigLayer]) -> TrainConfig:
+    """The ``TrainConfig`` of ``layers`` (later wins) over the dataclass defaults."""
+    return from_sections(_merge(layer.sections for layer in layers))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One resolved key: its value, the layer that set it and the values of the layers it overrode."""
+
+    key: str
+    """``section.key``."""
+    value: Any
+    source: str
+    """A ``ConfigLayer.name`` or ``default``."""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    """``(layer, value)`` of every lower layer (the default included) that had another value, lowest first."""
+
+
+def explain_config(cfg: TrainConfig, layers: Iterable[ConfigLayer]) -> list[Setting]:
+    """Every key of ``cfg`` with the layer it came from (``cfg`` must be the resolution of ``layers``)."""
+    setters: dict[str, list[tuple[str, Any]]] = {}
+    for layer in layers:
+        for section, values in layer.sections.items():
+            for key, value in values.items():
+                setters.setdefault(f"{section}.{key}", []).append((layer.name, value))
+    defaults = from_sections({"run": {"algo": cfg.run.algo}}).to_dict()
+    out = []
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            chain = [(DEFAULT_LAYER, defaults[section][key]), *setters.get(f"{section}.{key}", [])]
+            source = chain[-1][0]
+            shadowed = tuple((name, v) for name, v in chain[:-1] if str(v) != str(chain[-1][1]))
+            out.append(Setting(f"{section}.{key}", value, source, shadowed))
+    return out
+
+
+SOURCES_FILE = "config_sources.json"
+"""Beside a run's ``config.json``: the layer of every key not at its default (``marlctl config show RUN_DIR``)."""
+
+
+def sources_record(settings: Iterable[Setting]) -> dict[str, Any]:
+    """What ``SOURCES_FILE`` holds: the precedence rule and, per key not at its default, its layer and overrides."""
+    return {"precedence": PRECEDENCE,
+            "settings": {s.key: {"source": s.source, "overrides": [list(o) for o in s.overrides]}
+                         for s in settings if s.source != DEFAULT_LAYER}}
+
+
+def explain_run_config(cfg: TrainConfig, record: dict[str, Any] | None) -> list[Setting]:
+    """The settings of an existing run from its ``SOURCES_FILE`` record; without one (a run made before it
+    existed) every key that differs from its default is attributed to ``config.json``."""
+    known = (record or {}).get("settings", {})
+    defaults = from_sections({"run": {"algo": cfg.run.algo}}).to_dict()
+    out = []
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            name, default = f"{section}.{key}", defaults[section][key]
+            if name in known:
+                entry = known[name]
+                out.append(Setting(name, value, str(entry["source"]), tuple(tuple(o) for o in entry["overrides"])))
+            elif value != default:
+                out.append(Setting(name, value, "config.json", ((DEFAULT_LAYER, default),)))
+            else:
+                out.append(Setting(name, value, DEFAULT_LAYER))
+    return out
 
 
 def check_against_env(cfg: TrainConfig, spec: EnvSpec) -> list[str]:
