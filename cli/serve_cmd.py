@@ -35,6 +35,8 @@ def serve(
     batching: str = typer.Option("auto", help="Micro-batching of concurrent episodes: auto, loop, thread or off."),
     max_batch: int = typer.Option(256, help="Most decisions in one ONNX Runtime call."),
     batch_window_us: int = typer.Option(0, help="Extra microseconds a batch waits for more requests (0: none)."),
+    unary_window_us: int = typer.Option(2000, help="Longest a unary decision waits for the other live unary "
+                                        "episodes to share its ONNX Runtime call (0: none)."),
     device: str = typer.Option("auto", help="auto (CUDA when it loads, else CPU), cpu or cuda."),
     obs_guard: str = typer.Option("refuse", help="Observations far outside the range the model was exported for: "
                                   "refuse (INVALID_ARGUMENT), clip, or off."),
@@ -60,7 +62,8 @@ def serve(
         model_dir=model_dir, agent_index=agent, host=host, port=port, metrics_port=metrics_port,
         max_episodes=max_episodes, idle_timeout_s=idle_timeout, max_message_bytes=max_message_bytes,
         tls_cert=tls_cert, tls_key=tls_key, grace_s=grace, batching=batching, max_batch=max_batch,
-        batch_window_us=batch_window_us, model=ModelConfig(device=device), obs_guard=obs_guard,
+        batch_window_us=batch_window_us, unary_window_us=unary_window_us, model=ModelConfig(device=device),
+        obs_guard=obs_guard,
         obs_margin=obs_margin, watch_s=watch)
 
     def ready(server) -> None:  # noqa: ANN001 - AgentServer, imported lazily

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 from marlctl.serving.config import ServerConfig
+from marlctl.serving.episodes import EpisodeTable
 from marlctl.serving.metrics import ServerMetrics
 from marlctl.serving.model import AgentModel
 from marlctl.serving.rows import RequestError
@@ -46,14 +46,13 @@ DecisionOut = tuple[int, np.ndarray, np.ndarray, int, int]
 class MicroBatcher:
     """Runs the decisions of concurrent episodes as batched ONNX Runtime calls (see the module docstring)."""
 
-    def __init__(self, model: AgentModel, config: ServerConfig, metrics: ServerMetrics,
-                 live_episodes: Callable[[], int]) -> None:
+    def __init__(self, model: AgentModel, config: ServerConfig, metrics: ServerMetrics, episodes: EpisodeTable) -> None:
         self.model = model
         self.config = config
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._running = False
-        self._live_episodes = live_episodes
+        self._episodes = episodes
         self._inference = metrics.inference_seconds.labels(str(model.index))
         mode = config.batching
         if mode == "auto":
@@ -64,6 +63,10 @@ class MicroBatcher:
         self._auto = config.batching == "auto"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort") if mode == "thread" else None
         self._task: asyncio.Task | None = None
+        self._unary_waiting = 0
+        """Unary rows queued since the last batch (they wait up to ``unary_window_us`` for company)."""
+        self._gather: tuple[asyncio.Future, int] | None = None
+        """While the batcher waits for unary company: (resolved when this many rows are queued, that many)."""
         log.info("batching: %s (configured %s)", self.mode, config.batching)
 
     def start(self) -> None:
@@ -77,14 +80,24 @@ class MicroBatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    async def decide(self, obs_O: np.ndarray, prev_action: int, avail_A: np.ndarray, hidden_1H: np.ndarray
-                     ) -> DecisionOut:
-        if self.mode == "off" or (self._auto and self._live_episodes() <= 1 and not self._pending and not self._running):
+    async def decide(self, obs_O: np.ndarray, prev_action: int, avail_A: np.ndarray, hidden_1H: np.ndarray,
+                     alone: bool = False) -> DecisionOut:
+        """One row, batched with whatever else is queued; decided inline at once when batching is ``off`` or
+        (``auto``) at most one episode is live. ``alone`` marks a unary row: unary calls reach the loop one per
+        turn, never together, so the batch they start waits up to ``unary_window_us`` until every live unary
+        episode has a row queued (one ONNX Runtime call instead of one each: measured in bench/serving.py)."""
+        if self.mode == "off" or (self._auto and not self._pending and not self._running
+                                  and len(self._episodes) <= 1):
             action_B, scores_BA, hidden_BH, dt = await self.decide_rows(
                 obs_O[None], np.array([prev_action], np.int64), avail_A[None], hidden_1H, inline=True)
             return int(action_B[0]), scores_BA[0], hidden_BH, dt, 1
         fut = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(obs_O, prev_action, avail_A, hidden_1H, fut))
+        if alone:
+            self._unary_waiting += 1
+            gather = self._gather
+            if gather is not None and len(self._pending) >= gather[1] and not gather[0].done():
+                gather[0].set_result(None)
         self._wake.set()
         return await fut
 
@@ -109,6 +122,21 @@ class MicroBatcher:
         self._inference.observe(dt * 1e-9)
         return (*out, dt)
 
+    async def _gather_unary(self) -> None:
+        """Wait until every live unary episode has a row queued, or ``unary_window_us``."""
+        target = min(self.config.max_batch, self._episodes.unary)
+        if len(self._pending) >= target:
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._gather = (fut, target)
+        timer = loop.call_later(self.config.unary_window_us * 1e-6, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._gather = None
+
     async def _infer(self, *inputs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One ONNX Runtime call: on the inference thread in ``thread`` mode unless inline (last argument)."""
         *arrays, inline = inputs
@@ -122,6 +150,9 @@ class MicroBatcher:
             self._wake.clear()
             if self.config.batch_window_us and len(self._pending) < self.config.max_batch:
                 await asyncio.sleep(self.config.batch_window_us * 1e-6)
+            elif self._unary_waiting and self.config.unary_window_us:
+                await self._gather_unary()
+            self._unary_waiting = 0
             batch = [p for p in self._pending[: self.config.max_batch] if not p.future.done()]
             del self._pending[: self.config.max_batch]
             if self._pending:

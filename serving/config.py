@@ -41,6 +41,9 @@ class ServerConfig:
     """Most decisions in one ONNX Runtime call."""
     batch_window_us: int = 0
     """Extra wait for more requests before a batch (0: take what is queued; load batches by itself)."""
+    unary_window_us: int = 2000
+    """Longest a unary decision waits for the other live unary episodes' rows to share its ONNX Runtime call
+    (``MicroBatcher.decide``; 0: no wait)."""
     loop_max_us: float = 250.0
     """``auto`` batches on the event loop when the warm-up's largest batch ran faster than this."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -56,8 +59,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_MODES:
             raise AgentServiceError(f"batching {self.batching!r} not valid: choose {', '.join(BATCHING_MODES)}")
-        if self.max_episodes < 1 or self.max_batch < 1 or self.batch_window_us < 0:
-            raise AgentServiceError("max_episodes and max_batch must be >= 1, batch_window_us >= 0")
+        if self.max_episodes < 1 or self.max_batch < 1 or self.batch_window_us < 0 or self.unary_window_us < 0:
+            raise AgentServiceError("max_episodes and max_batch must be >= 1, batch_window_us and unary_window_us >= 0")
         if self.idle_timeout_s <= 0 or self.grace_s < 0:
             raise AgentServiceError("idle_timeout_s must be > 0 and grace_s >= 0")
         if self.max_message_bytes < 1024:

@@ -41,6 +41,8 @@ class EpisodeTable:
     def __init__(self, max_episodes: int, on_change: Callable[[int], None]) -> None:
         self.max_episodes = max_episodes
         self._live: dict[str, Episode] = {}
+        self.unary = 0
+        """Live unary episodes (the micro-batcher waits for them, ``unary_window_us``)."""
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._on_change = on_change
         self._slots = 0
@@ -73,6 +75,7 @@ class EpisodeTable:
         ep = Episode(episode_id, unary, np.zeros((1, model.hidden_dim), np.float32), last_seen=time.monotonic(),
                      model=model)
         self._live[episode_id] = ep
+        self.unary += unary
         self._finished.pop(episode_id, None)
         self._on_change(len(self))
         return ep
@@ -88,6 +91,7 @@ class EpisodeTable:
         """End a live episode (None when it was not live)."""
         ep = self._live.pop(episode_id, None)
         if ep is not None:
+            self.unary -= ep.unary
             self._finished[episode_id] = None
             while len(self._finished) > 4096:
                 self._finished.popitem(last=False)

@@ -74,9 +74,17 @@ class RowValidator:
 
     def before(self, obs_RO: np.ndarray, avail_RA: np.ndarray) -> tuple[np.ndarray, list[Refusal]]:
         """``(obs to decide on [R, O] (clipped under --obs-guard clip), refusals)``; no refusals = every row is fine."""
+        g = self.guard
+        # fast path, a few whole-array reductions (inside the guard's finite bounds implies finite: NaN compares
+        # false); any doubt takes the per-row path below
+        if avail_RA.any(1).all():
+            if g is None:
+                if np.isfinite(obs_RO).all():
+                    return obs_RO, []
+            elif (obs_RO >= g.low_O).all() and (obs_RO <= g.high_O).all():
+                return obs_RO, []
         finite_R = np.isfinite(obs_RO).all(1)
         any_R = avail_RA.any(1)
-        g = self.guard
         inside_R = None
         if g is not None:
             inside_R = ((obs_RO >= g.low_O) & (obs_RO <= g.high_O)).all(1)
@@ -111,6 +119,14 @@ class RowValidator:
     def after(action_R: np.ndarray, scores_RA: np.ndarray, hidden_RH: np.ndarray, avail_RA: np.ndarray
               ) -> Refusal | None:
         """Refuse rows whose outputs are unusable: non-finite scores or hidden state, or an unavailable action."""
+        finite = np.isfinite(scores_RA).all() and np.isfinite(hidden_RH).all()
+        if action_R.shape[0] == 1:  # the single-row paths: scalar checks
+            a = int(action_R[0])
+            if finite and 0 <= a < avail_RA.shape[1] and avail_RA[0, a]:
+                return None
+        elif finite and (action_R >= 0).all() and (action_R < avail_RA.shape[1]).all() \
+                and avail_RA[np.arange(action_R.shape[0]), action_R].all():
+            return None
         ok_R = np.isfinite(scores_RA).all(1) & np.isfinite(hidden_RH).all(1)
         in_range_R = (action_R >= 0) & (action_R < avail_RA.shape[1])
         ok_R &= in_range_R

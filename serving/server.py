@@ -40,7 +40,6 @@ from marlctl.serving.servicer import (
     SERVICE_NAME,
     AgentServicer,
     LiveModel,
-    RequestIdInterceptor,
     add_to_server,
 )
 
@@ -79,7 +78,7 @@ class AgentServer:
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(interceptors=[RequestIdInterceptor()], options=options)
+        server = grpc.aio.server(options=options)
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,29 @@ GC_PERIOD_S = 0.2
 DRAINING = "server is draining (shutting down): no new episodes; use another replica"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 C = grpc.StatusCode
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+def echo_request_id(context: grpc.aio.ServicerContext) -> None:
+    """An RPC's start: the client's ``x-request-id`` (1..128 printable characters), if it sent one, names the
+    RPC in the server's log lines and goes back in the trailing metadata. (Done here rather than in a server
+    interceptor: an interceptor costs every unary call tens of microseconds.)"""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+                request_id_var.set(value)
+                context.set_trailing_metadata(((REQUEST_ID_KEY, value),))
+            return
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """This RPC's request id: the client's, or a new one (a refusal always carries one, so the client can find
+    the server's log line)."""
+    rid = request_id_var.get()
+    if not rid:
+        rid = uuid.uuid4().hex[:16]
+        request_id_var.set(rid)
+    return rid
 
 
 @dataclass(eq=False)
@@ -114,7 +136,7 @@ class AgentServicer:
         """Wrap a loaded model as a version (its batcher started on the running loop); not yet current."""
         from marlctl.serving.rows import ObsGuard
 
-        batcher = MicroBatcher(model, self.config, self.metrics, self.episodes.__len__)
+        batcher = MicroBatcher(model, self.config, self.metrics, self.episodes)
         batcher.start()
         guard = ObsGuard.build(self.config.obs_guard, self.config.obs_margin, model.obs_low_O, model.obs_high_O)
         lm = LiveModel(model, batcher, RowValidator(model.obs_dim, model.n_actions, guard), serial)
@@ -181,14 +203,15 @@ class AgentServicer:
                       lm: LiveModel | None = None, nbytes: int = 0) -> None:
         self._collect_soon(nbytes)
         self._counter(lm or self.current, err.code).inc()
-        self._refusals.refused(context.peer(), "request %s episode %s refused: %s %s", request_id_var.get(),
-                               episode_id, err.code.name, str(err))
-        await context.abort(err.code, str(err))
+        rid = request_id(context)
+        self._refusals.refused(context.peer(), "request %s episode %s refused: %s %s", rid, episode_id,
+                               err.code.name, str(err))
+        await context.abort(err.code, str(err), trailing_metadata=((REQUEST_ID_KEY, rid),))
 
     async def _internal_error(self, context: grpc.aio.ServicerContext, what: str, exc: BaseException) -> None:
         """INTERNAL for a failure that is the server's own (logged with its traceback, rate-limited); nothing
         for an RPC the client already ended."""
-        rid = request_id_var.get()
+        rid = request_id(context)
         if context.done() or context.cancelled():
             log.debug("request %s: %s ended by the client (%s)", rid, what, client_text(repr(exc)))
             return
@@ -196,7 +219,8 @@ class AgentServicer:
                                exc_info=exc)
         _detached(exc)
         del exc
-        await context.abort(C.INTERNAL, f"internal server error (request id {rid}); the server goes on")
+        await context.abort(C.INTERNAL, f"internal server error (request id {rid}); the server goes on",
+                            trailing_metadata=((REQUEST_ID_KEY, rid),))
 
     @contextlib.asynccontextmanager
     async def _guarded(self, context: grpc.aio.ServicerContext, what: str) -> AsyncIterator[_Read]:
@@ -223,11 +247,12 @@ class AgentServicer:
     async def _decide_one(self, ep: Episode, obs_O: np.ndarray, avail_A: np.ndarray, t0: int
                           ) -> tuple[int, np.ndarray, int, int, int, int]:
         """Check, decide, advance the episode; ``(action, scores [A], step, decision_ns, inference_ns, batch)``.
-        A refused row (before or after inference) raises ``RequestError`` and leaves the episode as it was."""
+        A refused row (before or after inference) raises ``RequestError`` and leaves the episode as it was.
+        A unary row is decided inline when nothing is queued (``MicroBatcher.decide``, ``alone``)."""
         lm: LiveModel = ep.model
         obs_O = lm.rows.check_one(obs_O, avail_A)
         action, scores_A, hidden_1H, inf_ns, batch = await lm.batcher.decide(obs_O, ep.prev_action, avail_A,
-                                                                             ep.hidden_1H)
+                                                                             ep.hidden_1H, alone=ep.unary)
         bad = RowValidator.after(np.array([action]), scores_A[None], hidden_1H, avail_A[None])
         if bad is not None:
             raise RequestError(bad.code, bad.why)
@@ -261,6 +286,7 @@ class AgentServicer:
         """One decision of a unary episode (``DecideRequest`` bytes in, ``Decision`` bytes out)."""
         t0 = time.perf_counter_ns()
         label = ["-"]
+        echo_request_id(context)
         try:
             return await self._decide_unary(request, t0, label)
         except grpc.aio.AbortError:
@@ -321,6 +347,7 @@ class AgentServicer:
     async def Episode(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         """One episode per stream; context.read()/write() rather than an async generator saves a layer per message."""
         episode_id = f"stream-{uuid.uuid4().hex[:12]}"
+        echo_request_id(context)
         async with self._guarded(context, episode_id) as read:
             self._no_new_episodes_while_draining()
             ep = self._open(episode_id, unary=False)
@@ -362,6 +389,7 @@ class AgentServicer:
         """``ObservationBatch`` in, ``DecisionBatch`` out: per-slot state in a ``SlotState``, every message decided
         as one batch per model version, bad rows refused row by row."""
         stream_id = f"episodes-{uuid.uuid4().hex[:12]}"
+        echo_request_id(context)
         async with self._guarded(context, stream_id) as read:
             self._no_new_episodes_while_draining()
             lm = self._ready()
@@ -505,7 +533,7 @@ class AgentServicer:
             for code in np.unique(code_R[code_R != 0]):
                 self._counter(cur, _CODES[int(code)]).inc(int((code_R == code).sum()))
             error = "; ".join(reasons)
-            self._refusals.refused(peer, "request %s: %s of %s rows refused: %s", request_id_var.get(),
+            self._refusals.refused(peer, "request %s: %s of %s rows refused: %s", request_id_var.get() or "-",
                                    R - decided, R, error)
         return wire.encode_decision_batch(action_R, scores_RA, code_R, step_R, error, dt, inf_ns, decided)
 
@@ -513,6 +541,7 @@ class AgentServicer:
     async def GetSpec(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """What this service runs (``GetSpecRequest`` bytes in, ``AgentSpec`` bytes out); with an ``episode_id``,
         the version that unary episode runs."""
+        echo_request_id(context)
         async with self._guarded(context, "GetSpec"):
             lm = self._ready()
             try:
@@ -578,32 +607,3 @@ def add_to_server(servicer: AgentServicer, server: grpc.aio.Server) -> None:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every RPC a request id (the client's ``x-request-id`` metadata or a new one), used in the
-    server's log lines and returned to the client in trailing metadata, so a client error can be found
-    in the server log. Per-decision metrics are recorded in the servicer instead: an RPC-level
-    interceptor does not see the individual decisions of a stream."""
-
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-                                handler_call_details: grpc.HandlerCallDetails) -> Any:
-        rid = next((v for k, v in handler_call_details.invocation_metadata or () if k == REQUEST_ID_KEY), None)
-        rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 and rid.isprintable() else uuid.uuid4().hex[:16]
-        request_id_var.set(rid)
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming != handler.response_streaming:
-            return handler
-        if handler.request_streaming:  # stream-stream: Episode (a coroutine using read/write) or reflection
-            inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        else:
-            inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        if not asyncio.iscoroutinefunction(inner):
-            return handler  # async-generator handlers (reflection) are left as they are
-
-        async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-            return await inner(request, context)
-
-        return factory(with_request_id, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)

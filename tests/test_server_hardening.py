@@ -163,7 +163,7 @@ def test_export_records_the_observation_range_and_serve_guards_with_it(model_dir
     entry = manifest["agents"][1]
     meta = ort.InferenceSession(str(model_dir / entry["file"])).get_modelmeta().custom_metadata_map
     assert json.loads(meta["obs_low"]) == entry["obs_low"] and json.loads(meta["obs_high"]) == entry["obs_high"]
-    assert len(entry["obs_low"]) == OBS_DIM and all(lo <= hi for lo, hi in zip(entry["obs_low"], entry["obs_high"]))
+    assert len(entry["obs_low"]) == OBS_DIM and all(lo <= hi for lo, hi in zip(entry["obs_low"], entry["obs_high"], strict=True))
     stub = agent_pb2_grpc.AgentServiceStub(server.channel())  # default --obs-guard refuse
     far = np.array(entry["obs_high"], np.float32)
     far[3] += 50.0
@@ -246,3 +246,37 @@ def test_big_refused_messages_leave_nothing_behind(model_dir, tmp_path):
         assert max(len(line) for line in log_text.splitlines()) < 2000, "a client's 3 MB id reached the log"
     finally:
         agent.stop()
+
+
+def test_concurrent_unary_episodes_share_onnx_runtime_calls_and_match_reference(model_dir):
+    import threading
+
+    st = make_server(model_dir, batching="loop", unary_window_us=50_000)  # a long window: lock-stepped calls meet
+    try:
+        stub = agent_pb2_grpc.AgentServiceStub(st.channel())
+        rng = np.random.default_rng(9)
+        inputs = [(rng.random((6, OBS_DIM)).astype(np.float32), rng.random((6, N_ACTIONS)) < 0.7) for _ in range(6)]
+        for _, avail in inputs:
+            avail[~avail.any(1), 0] = True
+        refs = [reference(model_dir, o, a) for o, a in inputs]
+        got: dict[int, list] = {}
+        barrier = threading.Barrier(len(inputs))
+
+        def worker(k: int) -> None:
+            obs, avail = inputs[k]
+            barrier.wait(10)
+            got[k] = [decide(stub, f"u-{k}", obs[t], avail[t], start=t == 0, end=t == 5) for t in range(6)]
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(got) == list(range(len(inputs)))
+        for k, (ref_a, ref_q) in enumerate(refs):
+            np.testing.assert_array_equal([d.action for d in got[k]], ref_a)
+            np.testing.assert_allclose([list(d.scores) for d in got[k]], ref_q, atol=1e-5)
+        assert max(d.timing.batch_size for k in got for d in got[k]) >= 2, "no unary decision shared an ORT call"
+        assert len(st.server.servicer.episodes) == 0 and st.server.servicer.episodes.unary == 0
+    finally:
+        st.close()
