@@ -1,10 +1,24 @@
 """SMAX family: StarCraft micro scenarios in JAX (jaxmarl 0.2.0) behind the marlctl Env protocol.
 
-Ids ``smax:<map>[,limit=N][,enemy=closest|random]``. The enemy team is jaxmarl's scripted
+Ids ``smax:<map>[,smac=1][,limit=N][,enemy=closest|random]``. The enemy team is jaxmarl's scripted
 ``HeuristicEnemySMAX``; the agents are the allied units. Per-agent observations are jaxmarl's
 ``unit_list`` features, the global state is jaxmarl's ``world_state`` and the avail mask is
-jaxmarl's (a dead unit may only ``stop``). The reward is jaxmarl's team reward (enemy health
-removed, normalised, plus 1 for a won battle).
+jaxmarl's (a dead unit may only ``stop``). The reward is jaxmarl's team reward: each enemy's health
+removed as a fraction of its type's full health, averaged over the enemies, plus 1 for a won battle,
+so a won episode sums to exactly 2 on every map. The episode limit is jaxmarl's 100 steps.
+
+``smac=1`` makes both SMAC's (``smac.env.StarCraft2Env`` with its defaults): the map's episode limit
+from SMAC's map registry (``SMAC_LIMITS``; SMACv2's 400 for ``smacv2_*``), and SMAC's dense reward
+recomputed from the same unit healths: absolute enemy health removed (SMAX's health of a Protoss unit
+is SMAC's health + shield) + 10 per enemy killed + 200 for a win, enemies' damage to allies not
+subtracted (``reward_only_positive``), scaled by ``20 / max_reward`` with ``max_reward = 10 * n_enemies
++ 200 + the enemies' full health`` (``reward_scale_rate = 20``): a won episode sums to exactly 20, the
+win being ``200 / max_reward`` of it (3m: 11.0 of 20). An explicit ``limit=N`` still wins over SMAC's.
+What stays SMAX, not SMAC: the dynamics (SMAX's own movement, attack and collision model with
+simplified unit stats, no terrain or pathing, jaxmarl's heuristic enemy in place of SC2's built-in AI
+and its start positions), the step (8 SMAX world ticks per agent step; SMAC's 8 game loops of SC2 are
+not the same time), the observation and state features, and draws: a step that kills the last units
+of both teams ends the episode with no win bonus, which SC2's sequential resolution almost never gives.
 
 Randomness is one JAX key stream per environment: environment ``b`` of a run seeded ``seed``
 starts from ``fold_in(PRNGKey(seed), b)``; every step splits the stream into (next stream,
@@ -57,6 +71,16 @@ MAPS: tuple[str, ...] = (
     "smacv2_20_units",
 )
 DEFAULT_EPISODE_LIMIT = 100  # jaxmarl's SMAX default ``max_steps``, used by the JaxMARL SMAX baselines
+# SMAC's per-map episode limits (smac/env/starcraft2/maps/smac_maps.py, ``limit``); the smacv2_* maps take
+# SMACv2's limit of its generated maps (10gen_protoss/terran/zerg: 400).
+SMAC_LIMITS: dict[str, int] = {
+    "3m": 60, "8m": 120, "25m": 150, "5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180, "2s3z": 120,
+    "3s5z": 150, "3s5z_vs_3s6z": 170, "3s_vs_5z": 250, "6h_vs_8z": 150,
+    "smacv2_5_units": 400, "smacv2_10_units": 400, "smacv2_20_units": 400,
+}
+# SMAC's reward settings (StarCraft2Env defaults): reward_death_value, reward_win, reward_scale_rate.
+SMAC_DEATH_VALUE, SMAC_WIN, SMAC_REWARD_MAX = 10.0, 200.0, 20.0
+SMAC_SWITCH_VALUES = ("0", "1")
 ENEMY_MODES = ("closest", "random")
 MAX_SEED = 2**32 - 1
 
@@ -65,7 +89,8 @@ FAMILY = EnvFamily(
     summary="StarCraft II micro in JAX (jaxmarl SMAX, heuristic enemy); no game binary needed",
     scenarios=MAPS,
     options=(
-        ("limit", f"episode limit in steps ({DEFAULT_EPISODE_LIMIT}, jaxmarl's default)"),
+        ("smac", "1: SMAC's per-map episode limit and SMAC's reward scaled to a max of 20; 0: jaxmarl's (0)"),
+        ("limit", f"episode limit in steps ({DEFAULT_EPISODE_LIMIT}, jaxmarl's default; with smac=1, SMAC's)"),
         ("enemy", "heuristic enemy's target choice: closest | random (closest)"),
     ),
     backend_module="jaxmarl",
@@ -85,11 +110,15 @@ class SmaxConfig:
     """Steps after which the episode is truncated (jaxmarl ``max_steps``)."""
     enemy_attack_mode: str = "closest"
     """How the heuristic enemy picks targets: ``closest`` or ``random``."""
+    smac_reward: bool = False
+    """SMAC's reward (damage + 10 per kill + 200 per win, scaled to a max of 20) instead of jaxmarl's."""
 
     @property
     def env_id(self) -> str:
         parts = [f"smax:{self.map_name}"]
-        if self.episode_limit != DEFAULT_EPISODE_LIMIT:
+        if self.smac_reward:
+            parts.append("smac=1")
+        if self.episode_limit != (SMAC_LIMITS[self.map_name] if self.smac_reward else DEFAULT_EPISODE_LIMIT):
             parts.append(f"limit={self.episode_limit}")
         if self.enemy_attack_mode != "closest":
             parts.append(f"enemy={self.enemy_attack_mode}")
@@ -106,7 +135,11 @@ def parse_config(scenario: str | None, options: dict[str, str]) -> SmaxConfig:
     unknown = sorted(set(options) - valid)
     if unknown:
         raise EnvOptionError(f"unknown smax option(s) {unknown}; valid options: {sorted(valid)}")
-    limit = DEFAULT_EPISODE_LIMIT
+    smac = options.get("smac", "0")
+    if smac not in SMAC_SWITCH_VALUES:
+        raise EnvOptionError(f"smax option smac={smac!r}; valid values: 1 (SMAC's episode limit and reward) or 0 "
+                             "(jaxmarl's)")
+    limit = SMAC_LIMITS[scenario] if smac == "1" else DEFAULT_EPISODE_LIMIT
     if "limit" in options:
         try:
             limit = int(options["limit"])
@@ -117,7 +150,7 @@ def parse_config(scenario: str | None, options: dict[str, str]) -> SmaxConfig:
     enemy = options.get("enemy", "closest")
     if enemy not in ENEMY_MODES:
         raise EnvOptionError(f"smax option enemy={enemy!r}; valid values: {', '.join(ENEMY_MODES)}")
-    return SmaxConfig(map_name=scenario, episode_limit=limit, enemy_attack_mode=enemy)
+    return SmaxConfig(map_name=scenario, episode_limit=limit, enemy_attack_mode=enemy, smac_reward=smac == "1")
 
 
 def check_seed(seed: int) -> int:
@@ -227,8 +260,20 @@ class SmaxCore:
             obs, env_state = env.reset(k_reset)
             return env_state, views(obs, env.get_avail_actions(env_state))
 
+        unit_type_health = jnp.asarray(env.unit_type_health)
+
+        def smac_reward(before: Any, after: Any, won: Any) -> Any:
+            """SMAC's scaled dense reward of one step from the inner SMAX states before and after it."""
+            e = slice(n_allies, None)
+            damage = jnp.sum(jnp.maximum(before.unit_health[e] - after.unit_health[e], 0.0))
+            kills = jnp.sum(before.unit_alive[e] & ~after.unit_alive[e])
+            max_reward = SMAC_DEATH_VALUE * n_enemies + SMAC_WIN + jnp.sum(unit_type_health[after.unit_types[e]])
+            raw = damage + SMAC_DEATH_VALUE * kills + SMAC_WIN * won
+            return (raw * (SMAC_REWARD_MAX / max_reward)).astype(jnp.float32)
+
         def step(carry: tuple[Any, Any], actions_N: Any) -> tuple[Any, ...]:
             env_state, stream = carry
+            inner_before = env_state.state
             stream, k_step, k_reset = jax.random.split(stream, 3)
             obs, env_state, rewards, _, _ = env.step_env(
                 k_step, env_state, {a: actions_N[i] for i, a in enumerate(agents)}
@@ -239,7 +284,10 @@ class SmaxCore:
             terminated = ~enemies_alive | ~allies_alive
             truncated = (env_state.state.step >= limit) & ~terminated
             score = (n_enemies - alive[n_allies:].sum()).astype(jnp.float32) / n_enemies  # enemies killed
-            reward = rewards[agents[0]].astype(jnp.float32)
+            if config.smac_reward:
+                reward = smac_reward(inner_before, env_state.state, won)
+            else:
+                reward = rewards[agents[0]].astype(jnp.float32)
             v = views(obs, env.get_avail_actions(env_state))
             return (env_state, stream), k_reset, v, reward, terminated, truncated, won, score
 

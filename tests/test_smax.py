@@ -165,7 +165,7 @@ def test_bad_ids_name_the_valid_choices() -> None:
         smax.make("4m", {})
     with pytest.raises(UnknownEnvError, match="needs a map"):
         smax.make(None, {})
-    with pytest.raises(EnvOptionError, match=r"valid options: \['enemy', 'limit'\]"):
+    with pytest.raises(EnvOptionError, match=r"valid options: \['enemy', 'limit', 'smac'\]"):
         smax.make("3m", {"foo": "1"})
     with pytest.raises(EnvOptionError, match="limit"):
         smax.make("3m", {"limit": "0"})
@@ -173,6 +173,8 @@ def test_bad_ids_name_the_valid_choices() -> None:
         smax.make("3m", {"enemy": "weakest"})
     with pytest.raises(EnvOptionError, match="num_envs"):
         smax.make_batched("3m", {}, 0)
+    with pytest.raises(EnvOptionError, match=r"smac='yes'; valid values: 1 .* or 0"):
+        smax.make("3m", {"smac": "yes"})
 
 
 def test_render_draws_both_teams(core3m: smax.SmaxCore) -> None:
@@ -216,3 +218,69 @@ def test_envs_of_one_map_share_their_compiled_core() -> None:
     a, b = make_env("smax:3m"), make_env("smax:3m")
     assert a.core is b.core is make_batched_env("smax:3m", 2).core
     assert make_env("smax:3m,limit=50").core is not a.core  # another configuration, another program
+
+
+# ---- smac=1: SMAC's per-map episode limits and SMAC's reward scaled to a max of 20 ----
+
+
+def test_smac_option_sets_smacs_limit_per_map_and_the_id() -> None:
+    assert set(smax.SMAC_LIMITS) == set(smax.MAPS)
+    issue = {"3m": 60, "8m": 120, "2s3z": 120, "3s5z": 150, "5m_vs_6m": 70, "10m_vs_11m": 150, "27m_vs_30m": 180,
+             "3s5z_vs_3s6z": 170, "3s_vs_5z": 250, "6h_vs_8z": 150, "25m": 150}
+    for map_name in smax.MAPS:
+        cfg = smax.parse_config(map_name, {"smac": "1"})
+        assert cfg.episode_limit == smax.SMAC_LIMITS[map_name] and cfg.smac_reward
+        assert cfg.env_id == f"smax:{map_name},smac=1"
+        assert cfg.episode_limit == issue.get(map_name, 400)
+    assert smax.parse_config("3m", {"smac": "0"}) == smax.parse_config("3m", {})
+    mixed = smax.parse_config("3m", {"smac": "1", "limit": "80"})  # an explicit limit wins
+    assert mixed.episode_limit == 80 and mixed.env_id == "smax:3m,smac=1,limit=80"
+
+
+@pytest.mark.parametrize("env_id", ["matrix:qtran,smac=1", "hallway:smac=1", "predator_prey:smac=1",
+                                    "predator_prey_qtran:smac=1", "gaussian_squeeze:smac=1", "smac:3m,smac=1",
+                                    "grf:academy_empty_goal_close,smac=1"])
+def test_smac_option_on_another_family_is_an_error(env_id: str) -> None:
+    """Options are per family: only smax knows ``smac``; elsewhere it is an unknown option naming the valid ones."""
+    from marlctl.envs import make_env
+
+    with pytest.raises(EnvOptionError, match=r"unknown option 'smac' for '\w+'; valid options: "):
+        make_env(env_id)
+
+
+def _hide_in_the_north_west(env: smax.SmaxEnv, ts) -> np.ndarray:
+    """Allies walk to the north-west corner, out of the heuristic enemy's sight (it heads for our half's middle)."""
+    n = env.spec.n_agents
+    pos = np.asarray(env._carry[0].state.unit_positions)[:n]
+    a = np.where(pos[:, 1] < 28, 0, np.where(pos[:, 0] > 3, 3, 4))  # north, then west, then stop
+    return np.where(ts.avail[np.arange(n), a], a, 4)
+
+
+def test_smac_3m_runs_to_smacs_limit_and_a_won_episode_pays_20() -> None:
+    env = smax.make("3m", {"smac": "1"})
+    assert env.spec.episode_limit == 60 and env.spec.env_id == "smax:3m,smac=1"
+    ts, steps = env.reset(3), 0
+    while not ts.done:
+        ts = env.step(_hide_in_the_north_west(env, ts))
+        steps += 1
+    assert steps == 60 and ts.truncated and not ts.terminated  # jaxmarl's own limit would be 100
+
+    # SMAC: damage + 10 per kill + 200 for the win, times 20 / max_reward; 3m: max_reward = 3*10 + 200 + 3*45.
+    max_reward = 3 * 10 + 200 + 3 * 45
+    for seed in range(4):
+        ts, rewards = env.reset(seed), []
+        while not ts.done:
+            ts = env.step(focus_fire(ts.avail))
+            rewards.append(ts.reward)
+        assert min(rewards) >= 0.0
+        if ts.info["won"]:
+            assert sum(rewards) == pytest.approx(20.0, abs=1e-4)
+            assert rewards[-1] >= 20 * 200 / max_reward  # the win bonus arrives with the last kill
+        else:  # no win bonus: at most the damage and kill share of the 20
+            assert sum(rewards) <= 20 * (1 - 200 / max_reward) + 1e-4
+    jaxmarl = smax.SmaxEnv(smax.parse_config("3m", {}))  # the same battle under jaxmarl's reward sums to 2
+    ts, total = jaxmarl.reset(0), 0.0
+    while not ts.done:
+        ts = jaxmarl.step(focus_fire(ts.avail))
+        total += ts.reward
+    assert ts.info["won"] and total == pytest.approx(2.0, abs=1e-4)
