@@ -77,8 +77,9 @@ class RunConfig:
     save_interval: int = 50_000
     """Env steps between checkpoints (a final one is always written)."""
     checkpoint_buffer: bool = True
-    """Store the replay buffer in checkpoints so ``--resume`` continues exactly; False makes
-    checkpoints small and a resumed run refills its buffer (no longer bit-identical)."""
+    """Keep one snapshot of the replay buffer beside the latest checkpoint (``checkpoints/replay_<n>.npz``) so
+    ``--resume`` continues exactly; False saves no snapshot and a resumed run refills its buffer (no longer
+    bit-identical). Step checkpoints never carry the buffer."""
     keep_checkpoints: int = 3
     """How many ``step_<n>.pt`` files to keep (``latest.pt`` is always kept); 0 keeps all."""
     progress: bool = True

@@ -7,11 +7,14 @@ marks a true end (no bootstrap), while a truncated episode simply stops with its
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from marlctl.agents.files import atomic_path
 from marlctl.envs.base import EnvSpec
 
 
@@ -123,6 +126,38 @@ class ReplayBuffer:
             cut = arr[idx, : t + 1] if name in ("obs", "state", "avail") else arr[idx, :t]
             out[name] = torch.from_numpy(np.ascontiguousarray(cut)).to(device)
         return EpisodeBatch(**out)
+
+    def save_arrays(self, path: str | Path) -> int:
+        """Write the stored episodes to ``path`` as one uncompressed ``.npz`` of plain arrays (no pickle), atomically
+        and fsynced; returns its size in bytes. The checkpoint of the same step names the file."""
+        n = self.size
+        arrays = {f"data_{name}": arr[:n] for name, arr in self.arrays.data.items()}  # views: no copy
+        meta = np.array([self.capacity, self.max_t, self.pos, n, self.episodes_added], dtype=np.int64)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=meta, lengths=self.lengths[:n], **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            size = tmp.stat().st_size
+        return size
+
+    def load_arrays(self, path: str | Path) -> None:
+        """Refill the buffer from ``save_arrays``' file (``ValueError`` when it does not fit this buffer)."""
+        with np.load(path, allow_pickle=False) as z:
+            capacity, max_t, pos, n, added = (int(v) for v in z["meta"])
+            if capacity != self.capacity or max_t != self.max_t:
+                raise ValueError(f"replay snapshot {path} holds capacity={capacity} max_t={max_t}; this run's buffer "
+                                 f"has capacity={self.capacity} max_t={self.max_t}")
+            for name, arr in self.arrays.data.items():
+                src = z[f"data_{name}"]
+                if src.shape != (n, *arr.shape[1:]) or src.dtype != arr.dtype:
+                    raise ValueError(f"replay snapshot {path}: {name} is {src.dtype}{list(src.shape)}, expected "
+                                     f"{arr.dtype}{[n, *arr.shape[1:]]}")
+                arr[:n] = src
+                arr[n:] = 0
+            self.lengths[:] = 0
+            self.lengths[:n] = z["lengths"]
+        self.pos, self.size, self.episodes_added = pos, n, added
 
     def state_dict(self) -> dict[str, Any]:
         """The stored episodes as tensors (``torch.load(weights_only=True)``-safe), oldest order kept."""

@@ -3,7 +3,8 @@
 A run directory holds ``config.json`` (the resolved ``TrainConfig``), ``log.jsonl`` (one JSON object
 per event: ``start``/``resume``/``warning``/``train``/``eval``/``checkpoint``/``end``), TensorBoard
 events under ``tb/`` and ``checkpoints/step_<env_steps>.pt`` + ``checkpoints/latest.pt`` (written
-atomically; format in ``agents/bundle.py``). ``resume_run`` validates the checkpoint against the
+atomically; format in ``agents/bundle.py``; the last ``run.keep_checkpoints`` step files are kept) plus, for
+value methods, one replay snapshot ``checkpoints/replay_<env_steps>.npz`` named by ``latest.pt``. ``resume_run`` validates the checkpoint against the
 run's config and env before touching anything, then continues with the saved optimizer, buffer,
 schedules and torch/NumPy/Python RNG states.
 """
@@ -35,6 +36,7 @@ from marlctl.trainer.config import (
 )
 from marlctl.trainer.errors import CheckpointError, ConfigValueError, RunDirError
 from marlctl.trainer.registry import algorithm_spec
+from marlctl.trainer.replay import ReplayBuffer
 from marlctl.trainer.trackers import RunLogger, TrackerOptions
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -176,7 +178,8 @@ class TrainingRun:
 
     # -------------------------------------------------------- checkpoints
 
-    def checkpoint_dict(self) -> dict[str, Any]:
+    def checkpoint_dict(self, replay: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything but the replay buffer; ``replay`` names the buffer's snapshot file of the same step."""
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -189,16 +192,33 @@ class TrainingRun:
             "algorithm": self.algo.state_dict(),
             "run": {**vars(self.state), "rng": rng_state()},
             "config": self.cfg.to_dict(),
+            "replay": replay,
         }
 
+    def _replay_buffer(self) -> ReplayBuffer | None:
+        get = getattr(self.algo, "replay_buffer", None)  # value methods; policy methods keep no buffer
+        return get() if callable(get) else None
+
     def save_checkpoint(self) -> Path:
-        buf = io.BytesIO()
-        torch.save(self.checkpoint_dict(), buf)
-        data = buf.getvalue()
+        """Write ``step_<n>.pt`` and ``latest.pt`` (networks, optimizers, RNG, counters: a few MB) and, for a value
+        method, ONE replay snapshot ``replay_<n>.npz`` that ``latest.pt`` names. Order: the snapshot first, then the
+        checkpoints, then older snapshots are removed, so a kill at any moment leaves a ``latest.pt`` whose snapshot
+        exists (at most one snapshot remains once a save completes)."""
         ckpt_dir = self.run_dir / "checkpoints"
+        replay, buffer = None, self._replay_buffer()
+        if buffer is not None:
+            name = f"replay_{self.state.env_steps}.npz"
+            size = buffer.save_arrays(ckpt_dir / name)
+            replay = {"file": name, "episodes": buffer.size, "episodes_added": buffer.episodes_added, "bytes": size}
+        buf = io.BytesIO()
+        torch.save(self.checkpoint_dict(replay), buf)
+        data = buf.getvalue()
         step_path = ckpt_dir / f"step_{self.state.env_steps}.pt"
         atomic_write_bytes(step_path, data)
         atomic_write_bytes(ckpt_dir / "latest.pt", data)
+        for old in ckpt_dir.glob("replay_*.npz"):
+            if replay is None or old.name != replay["file"]:
+                old.unlink(missing_ok=True)
         keep = self.cfg.run.keep_checkpoints
         if keep > 0:
             steps = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
@@ -208,13 +228,22 @@ class TrainingRun:
         return step_path
 
     def restore(self, ckpt: dict[str, Any], where: str) -> None:
+        replay, buffer = ckpt.get("replay"), self._replay_buffer()
+        snapshot = self.run_dir / "checkpoints" / str(replay["file"]) if replay else None
+        if snapshot is not None and buffer is not None and not snapshot.is_file():
+            raise CheckpointError(f"{where} names the replay snapshot {snapshot.name}, which is missing from "
+                                  f"{snapshot.parent}; restore it, or start a new run (nothing was changed)")
         try:
             self.algo.load_state_dict(ckpt["algorithm"])
+            if snapshot is not None and buffer is not None:
+                buffer.load_arrays(snapshot)
+                if buffer.episodes_added != int(replay["episodes_added"]):
+                    raise ValueError(f"replay snapshot {snapshot.name} is not the one {where} was saved with")
             run = dict(ckpt["run"])
             rng = run.pop("rng")
             self.state = RunState(**run)
             set_rng_state(rng)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{where} does not match this run's algorithm/config and cannot be resumed: "
                                   f"{first}") from None

@@ -6,8 +6,9 @@ steps of the running envs), then ``learner.updates_per_iteration`` gradient step
 sampled from the buffer, then a hard target update every ``target_update_episodes`` episodes.
 Epsilon is annealed linearly in env steps and held constant within an iteration.
 
-Resume: the state holds the learner (nets, targets, optimizer), the buffer (``run.checkpoint_buffer``),
-counters and the NumPy RNG. In ``episodes`` mode an iteration starts from freshly seeded envs, so a
+Resume: the state holds the learner (nets, targets, optimizer), counters and the NumPy RNG; the
+buffer (``run.checkpoint_buffer``) is not in it but offered by ``replay_buffer()``, which the run loop
+snapshots once beside the latest checkpoint. In ``episodes`` mode an iteration starts from freshly seeded envs, so a
 resumed run is identical to an uninterrupted one; in ``steps`` mode the in-flight episodes at the
 checkpoint are not stored, so a resumed run restarts its envs (documented difference).
 """
@@ -127,7 +128,6 @@ class ValueAlgorithm:
     def state_dict(self) -> dict[str, Any]:
         return {
             "learner": self.learner.state_dict(),
-            "buffer": self.buffer.state_dict() if self.cfg.run.checkpoint_buffer else None,
             "counters": {
                 "env_steps": self.env_steps, "episodes": self.episodes, "iterations": self.iterations,
                 "evals": self.evals, "env_restarts": self.env_restarts,
@@ -136,9 +136,13 @@ class ValueAlgorithm:
             "rng": self.rng.bit_generator.state,
         }
 
+    def replay_buffer(self) -> ReplayBuffer | None:
+        """The buffer to snapshot with the latest checkpoint (None when ``run.checkpoint_buffer`` is off)."""
+        return self.buffer if self.cfg.run.checkpoint_buffer else None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
-        if state.get("buffer") is not None:
+        if state.get("buffer") is not None:  # checkpoints written before the replay snapshot carried the buffer
             self.buffer.load_state_dict(state["buffer"])
         c = state["counters"]
         self.env_steps, self.episodes, self.iterations = c["env_steps"], c["episodes"], c["iterations"]
