@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from marlctl.envs.base import BatchedEnv, EnvFamily, EnvSpec, TimeStep
+from marlctl.envs.base import BatchedEnv, BatchStep, EnvFamily, EnvSpec, TimeStep
 from marlctl.envs.errors import (
     BackendUnavailableError,
     EnvError,
@@ -321,14 +321,16 @@ class PettingZooEnv:
             if lay.masked[i]:
                 mask = o["action_mask"]
                 o = o[lay.obs_key[i]] if lay.obs_key[i] else {k: v for k, v in o.items() if k != "action_mask"}
-            elif isinstance(info_d.get(agent), dict) and "action_mask" in info_d[agent]:
-                mask = info_d[agent]["action_mask"]
+            else:
+                info = info_d.get(agent)
+                if info and isinstance(info, dict) and "action_mask" in info:
+                    mask = info["action_mask"]
             flat = self._flat[i](o)
             obs[i, : flat.shape[0]] = flat
             if mask is not None:
                 avail[i, : lay.n_actions_i[i]] &= np.asarray(mask, dtype=bool).reshape(-1)
-            if not avail[i].any():  # cannot act now (not its turn): only the unused action 0
-                avail[i] = self._noop
+                if not avail[i].any():  # cannot act now (not its turn): only the unused action 0
+                    avail[i] = self._noop
         if lay.has_state:
             state = np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
         else:
@@ -348,16 +350,19 @@ class PettingZooEnv:
         self._t, self._return, self._done = 0, 0.0, False
         obs, state, avail = self._views(obs_d, info_d or {})
         self._avail = avail
-        return TimeStep(obs, state, avail.copy(), info={"won": False, "score": 0.0})
+        return TimeStep(obs, state, avail, info={"won": False, "score": 0.0})
 
     def step(self, actions: np.ndarray) -> TimeStep:
         if self._done or self._avail is None:
             raise EpisodeOverError(
                 f"{self.spec.env_id}: step() after the episode ended (or before reset()); call reset() first"
             )
-        actions_N = validate_actions(actions, self._avail, self.spec)
+        return self.step_valid(validate_actions(actions, self._avail, self.spec))
+
+    def step_valid(self, actions_N: np.ndarray) -> TimeStep:
+        """``step`` with actions already checked against the current avail mask (the batched form checks the batch)."""
         lay = self.layout
-        live = set(self.env.agents)
+        live = self.env.agents
         act = {agent: lay.starts[i] + int(actions_N[i]) for i, agent in enumerate(lay.agents) if agent in live}
         obs_d, rew_d, term_d, trunc_d, info_d = self.env.step(act)
         self._t += 1
@@ -377,7 +382,7 @@ class PettingZooEnv:
             else:
                 won = any(bool(i.get(self.cfg.success)) for i in (info_d or {}).values() if isinstance(i, dict))
         info = {"won": bool(won), "score": float(self._return)}
-        return TimeStep(obs, state, avail.copy(), float(reward), terminated, truncated, info)
+        return TimeStep(obs, state, avail, float(reward), terminated, truncated, info)
 
     def render(self) -> np.ndarray:
         """The env's ``rgb_array`` frame ``[H, W, 3]`` uint8."""
@@ -484,6 +489,22 @@ def make(scenario: str | None, options: dict[str, str]) -> PettingZooEnv:
     return make_single()
 
 
+class PettingZooBatchedEnv(LoopBatchedEnv):
+    """``B`` adapters stepped in a loop in this process; the batch's actions are checked once, before any env steps."""
+
+    envs: list[PettingZooEnv]
+
+    def step(self, actions: np.ndarray) -> BatchStep:
+        if self._avail is None:
+            raise EpisodeOverError(f"{self.spec.env_id}: call reset() before step()")
+        actions_BN = validate_actions(actions, self._avail, self.spec)
+        finals = [env.step_valid(a) for env, a in zip(self.envs, actions_BN, strict=True)]
+        nexts = [env.reset() if ts.done else ts for env, ts in zip(self.envs, finals, strict=True)]
+        out = self._stack(nexts, finals)
+        self._avail = out.avail
+        return out
+
+
 def make_batched(scenario: str | None, options: dict[str, str], num_envs: int) -> BatchedEnv:
     make_single, _ = _builder(scenario, options)
-    return LoopBatchedEnv(make_single, num_envs)
+    return PettingZooBatchedEnv(make_single, num_envs)
