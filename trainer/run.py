@@ -383,6 +383,25 @@ def _observe(run: TrainingRun, metrics_port: int | None) -> Any:
     return metrics
 
 
+def _drive(run: TrainingRun, logger: RunLogger, messages: list[str], metrics_port: int | None, event: str,
+           **fields: Any) -> RunSummary:
+    """Log the opening ``event`` and the warnings, serve metrics, loop to the end (closing the logger, the run and
+    the exporter whatever happens), then print the summary."""
+    metrics = None
+    try:
+        metrics = _observe(run, metrics_port)
+        logger.event(event, run.state.env_steps, **fields)
+        _report_warnings(run, logger, messages)
+        summary = run.loop(logger)
+    finally:
+        logger.close()
+        run.close()
+        if metrics is not None:
+            metrics.close()
+    print_summary(summary, run.console)
+    return summary
+
+
 def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = None,
               metrics_port: int | None = None, trackers: TrackerOptions | None = None,
               layers: list[ConfigLayer] | None = None) -> RunSummary:
@@ -411,20 +430,8 @@ def train_run(cfg: TrainConfig, run_dir: str | Path, console: Console | None = N
     console.print(f"[bold]train[/] {cfg.run.algo} on {cfg.env.env_id} ({spec.n_agents} agents, {cfg.env.num_envs} envs)"
                   f" for {cfg.run.steps:,} env steps, seed {cfg.run.seed}, device {run.device} -> {run_dir}")
     logger = RunLogger(run_dir, trackers, cfg.to_dict())
-    metrics = None
-    try:
-        metrics = _observe(run, metrics_port)
-        logger.event("start", 0, algo=cfg.run.algo, env_id=cfg.env.env_id, seed=cfg.run.seed,
-                     device=str(run.device))
-        _report_warnings(run, logger, messages)
-        summary = run.loop(logger)
-    finally:
-        logger.close()
-        run.close()
-        if metrics is not None:
-            metrics.close()
-    print_summary(summary, console)
-    return summary
+    return _drive(run, logger, messages, metrics_port, "start", algo=cfg.run.algo, env_id=cfg.env.env_id,
+                  seed=cfg.run.seed, device=str(run.device))
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -477,19 +484,8 @@ def resume_run(run_dir: str | Path, steps: int | None = None, console: Console |
                   f"{cfg.env.env_id}, env step {st.env_steps:,} of {cfg.run.steps:,}, {st.episodes:,} episodes, "
                   f"{st.updates:,} updates")
     logger = RunLogger(run_dir, TrackerOptions.load(run_dir), cfg.to_dict())
-    metrics = None
-    try:
-        metrics = _observe(run, metrics_port)
-        logger.event("resume", st.env_steps, checkpoint=str(file), sha256=sha, steps=cfg.run.steps)
-        _report_warnings(run, logger, messages)
-        summary = run.loop(logger)
-    finally:
-        logger.close()
-        run.close()
-        if metrics is not None:
-            metrics.close()
-    print_summary(summary, console)
-    return summary
+    return _drive(run, logger, messages, metrics_port, "resume", checkpoint=str(file), sha256=sha,
+                  steps=cfg.run.steps)
 
 
 def print_summary(s: RunSummary, console: Console) -> None:
