@@ -113,6 +113,11 @@ class DistributedAlgorithm:
     def agent_bundle(self) -> dict[str, Any]:
         return self.inner.agent_bundle()
 
+    def replay_buffer(self) -> Any:
+        """The learner's replay buffer (value methods; checkpointed beside the state by the run loop)."""
+        get = getattr(self.inner, "replay_buffer", None)
+        return get() if callable(get) else None
+
     # ------------------------------------------------------------ what the loop shows
 
     def progress_info(self) -> str:

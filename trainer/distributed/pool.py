@@ -22,6 +22,8 @@ from marlctl.trainer.distributed.worker import RolloutWorkerActor, marlctl_versi
 
 STARTUP_TIMEOUT_S = 600.0
 """Longest wait for a worker to build its env and networks (GRF engines, JAX compiles on a busy node)."""
+RECOVERY_TIMEOUT_S = 300.0
+"""Longest wait for Ray to restart a failed worker (a new process, or a new node for it) and rebuild it."""
 
 
 @dataclass
@@ -68,6 +70,14 @@ def _first_line(exc: BaseException) -> str:
     return raised[-1] if len(lines) > 1 and raised else lines[0]
 
 
+def worker_error(w: int, exc: BaseException) -> Exception:
+    """The run-stopping error for worker ``w``'s failed call: the worker's own exception, in one line."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, VersionMismatchError):
+        return VersionMismatchError(str(cause))
+    return WorkerError(f"rollout worker {w} failed: {type(cause).__name__}: {_first_line(cause)}")
+
+
 class WorkerPool:
     """``n`` rollout-worker actors and everything in flight on them."""
 
@@ -81,7 +91,8 @@ class WorkerPool:
         self.pending: dict[Any, Task] = {}
         self.failures = [0] * self.n  # consecutive failed tasks per worker
         self.pids: list[int | None] = [None] * self.n
-        self.recovering: set[int] = set()
+        self.recovering: dict[int, float] = {}  # worker -> when it started coming back
+        self.retry_at: dict[int, float] = {}  # worker -> when to ask a restarting worker again
         self.weights_version = -1
         self.weights_ref: Any = None
         need = self.n * cfg.ray.worker_cpus
@@ -109,17 +120,11 @@ class WorkerPool:
                 raise WorkerError(f"rollout worker {w} did not start within {STARTUP_TIMEOUT_S:.0f} s (is its node "
                                   "overloaded, or does building the env hang?)") from None
             except self.ray.exceptions.RayTaskError as exc:
-                raise self._worker_failure(w, exc) from None
+                raise worker_error(w, exc) from None
             except self.ray.exceptions.RayActorError as exc:
                 raise WorkerError(f"rollout worker {w} died while starting: {_first_line(exc)}") from None
             self.pids[w] = info["pid"]
             self.log("worker_start", **info)
-
-    def _worker_failure(self, w: int, exc: BaseException) -> Exception:
-        cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, VersionMismatchError):
-            return VersionMismatchError(str(cause))
-        return WorkerError(f"rollout worker {w} failed: {type(cause).__name__}: {_first_line(cause)}")
 
     # ------------------------------------------------------------ weights
 
@@ -152,7 +157,14 @@ class WorkerPool:
     def wait(self, timeout: float | None = None) -> list[tuple[Task, Any]]:
         """Results of the calls that finished (at least one unless ``timeout``); failed calls are counted,
         their workers recovered, and they come back as ``(task, None)`` so the caller can re-plan."""
+        self._ask_restarting()
+        if not self.pending and not self.retry_at:
+            return []
+        if self.retry_at:  # wake up for the next question to a restarting worker
+            until = max(0.0, min(self.retry_at.values()) - time.monotonic())
+            timeout = until if timeout is None else min(timeout, until)
         if not self.pending:
+            time.sleep(timeout or 0.0)
             return []
         done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
         if done:  # everything else that is already finished, without waiting
@@ -169,6 +181,9 @@ class WorkerPool:
                 out.append((task, None))
                 continue
             except self.ray.exceptions.RayActorError as exc:
+                if task.call == "info":
+                    self._still_restarting(task.worker, exc)
+                    continue
                 self._on_lost(task, exc)
                 out.append((task, None))
                 continue
@@ -176,19 +191,19 @@ class WorkerPool:
                 self._on_recovered(task.worker, result)
                 continue
             self.failures[task.worker] = 0
-            if result.get("pid") not in (None, self.pids[task.worker]):  # restarted between two of our calls
-                self._count_restart(task.worker, result["pid"], "restarted")
+            if result.get("pid") not in (None, self.pids[task.worker]):  # died and came back between two calls
+                self.counters.worker_restarts += 1
+                self.log("worker_restart", worker=task.worker, pid=result["pid"], old_pid=self.pids[task.worker])
+                self.pids[task.worker] = result["pid"]
             out.append((task, result))
         return out
 
-    def _count_restart(self, w: int, pid: int, how: str) -> None:
-        self.counters.worker_restarts += 1
-        self.log("worker_restart", worker=w, pid=pid, old_pid=self.pids[w], how=how)
-        self.pids[w] = pid
-
     def _fail(self, task: Task, reason: str, exc: BaseException, traceback: str | None) -> None:
+        """Count the lost task, and the restart Ray now makes (``max_restarts=-1``: a failed actor always comes
+        back); the worker takes tasks again once its restarted process answers ``info``."""
         w = task.worker
         self.failures[w] += 1
+        self.counters.worker_restarts += 1
         if task.call == "collect":
             self.counters.drop(reason, task.planned_episodes)
         self.log("worker_failure", worker=w, reason=reason, call=task.call, task=task.task,
@@ -197,9 +212,26 @@ class WorkerPool:
         if self.failures[w] >= self.cfg.ray.max_worker_failures:
             raise WorkerError(f"rollout worker {w} failed {self.failures[w]} tasks in a row (ray.max_worker_failures="
                               f"{self.cfg.ray.max_worker_failures}); last: {_first_line(exc)}")
-        self.recovering.add(w)
-        ref = self.actors[w].info.remote()
-        self.pending[ref] = Task(w, "info")
+        self.recovering[w] = time.monotonic()
+        self._ask(w)
+
+    def _ask(self, w: int) -> None:
+        """Ask worker ``w`` where it runs: answered by the restarted process once its env is rebuilt."""
+        self.pending[self.actors[w].info.remote()] = Task(w, "info")
+
+    def _ask_restarting(self) -> None:
+        now = time.monotonic()
+        for w, at in list(self.retry_at.items()):
+            if at <= now:
+                del self.retry_at[w]
+                self._ask(w)
+
+    def _still_restarting(self, w: int, exc: BaseException) -> None:
+        """The question reached the actor while Ray restarts it: ask again shortly, up to ``RECOVERY_TIMEOUT_S``."""
+        if time.monotonic() - self.recovering[w] > RECOVERY_TIMEOUT_S:
+            raise WorkerError(f"rollout worker {w} did not come back within {RECOVERY_TIMEOUT_S:.0f} s of its "
+                              f"failure: {_first_line(exc)}")
+        self.retry_at[w] = time.monotonic() + 0.2
 
     def _on_raise(self, task: Task, exc: BaseException) -> None:
         """The worker raised: log the traceback, restart the actor (fresh env state), count the task's episodes."""
@@ -214,9 +246,10 @@ class WorkerPool:
         self._fail(task, "worker_lost", exc, None)
 
     def _on_recovered(self, w: int, info: dict[str, Any]) -> None:
-        self.recovering.discard(w)
-        if info["pid"] != self.pids[w]:
-            self._count_restart(w, info["pid"], "recovered")
+        since = self.recovering.pop(w, time.monotonic())
+        self.log("worker_restart", worker=w, pid=info["pid"], old_pid=self.pids[w],
+                 seconds=round(time.monotonic() - since, 3))
+        self.pids[w] = info["pid"]
 
     # ------------------------------------------------------------ evaluation
 

@@ -1,0 +1,331 @@
+"""Training with rollout workers on a real two-node Ray cluster (``ray.cluster_utils.Cluster``), no mocks of Ray.
+
+One cluster serves the whole module (two raylets with 2 CPUs each on this machine); each test starts its own
+worker actors on it. Faults are real: a worker process is SIGKILLed from inside itself (the kill is queued on
+the actor, so it lands before the learner's next task, which is therefore lost), a worker raises mid-episode.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from marlctl.envs import env_spec
+from marlctl.trainer.config import load_config
+from marlctl.trainer.distributed.errors import VersionMismatchError, WorkerError
+from marlctl.trainer.distributed.settings import RayConfig
+from marlctl.trainer.run import TrainingRun, resume_run, train_run
+from marlctl.trainer.train_metrics import TrainMetrics
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+ray = pytest.importorskip("ray")
+
+QUIET = Console(quiet=True)
+# matrix:qtran as in test_qtran_matrix.py: 32 one-step episodes per iteration, 8 updates per iteration.
+QTRAN = ["env.num_envs=32", "learner.updates_per_iteration=8", "run.eval_interval=0", "run.eval_episodes=8",
+         "run.progress=false", "run.save_interval=0", "mixer.joint_embed_dim=32"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    c.add_node(**node)
+    ray.init(address=c.address, log_to_driver=False, logging_level=logging.WARNING)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def config(cluster, algo: str, env_id: str, steps: int, *extra: str, workers: int = 2, seed: int = 0):
+    return load_config(algo, env_id, overrides=[f"ray.address={cluster.address}", f"ray.rollout_workers={workers}",
+                                                "run.progress=false", *extra], steps=steps, seed=seed, device="cpu")
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+class KillWorkerOnce:
+    """A run observer that SIGKILLs worker ``w``'s process after iteration ``at``: the kill is queued on the
+    actor behind its task in flight, so the learner's next task for it dies with the process."""
+
+    def __init__(self, w: int, at: int) -> None:
+        self.w, self.at, self.pid = w, at, None
+
+    def on_iteration(self, run, stats) -> None:
+        if run.state.iterations == self.at:
+            actor = run.algo.pool.actors[self.w]
+            self.pid = ray.get(actor.info.remote())["pid"]
+            actor.__ray_call__.remote(lambda self_: os.kill(os.getpid(), signal.SIGKILL))
+
+    def on_eval(self, run) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ learning
+
+
+def test_qtran_base_with_two_workers_reaches_return_8(cluster, tmp_path: Path) -> None:
+    cfg = config(cluster, "qtran-base", "matrix:qtran", 4000, *QTRAN)
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+    try:
+        summary = run.loop_to_end()
+        steps = run.algo.worker_env_steps()
+        buffer = run.algo.inner.buffer
+    finally:
+        run.close()
+    assert summary.last_eval["eval/return"] == pytest.approx(8.0)  # decentralized greedy agents play (A, A)
+    assert set(steps) == {"0", "1"} and min(steps.values()) > 0  # both workers fed the learner
+    assert sum(steps.values()) == summary.env_steps == buffer.episodes_added  # one-step episodes, none lost
+    starts = events(tmp_path, "worker_start")
+    assert sorted(e["worker"] for e in starts) == [0, 1] and starts[0]["pid"] != starts[1]["pid"]
+
+
+def test_tad_ppo_with_two_workers_reaches_the_optimum(cluster, tmp_path: Path) -> None:
+    """matrix:tad as in test_tad_ppo.py (40 iterations of 32 envs), here 2 workers x 16 envs per iteration."""
+    cfg = config(cluster, "tad-ppo", "matrix:tad", 40 * 32, "ray.envs_per_worker=16", "run.eval_interval=0",
+                 "run.save_interval=0")
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+    try:
+        summary = run.loop_to_end()
+        assert run.algo.inner.B == 32  # one on-policy batch = both workers' envs
+        steps = run.algo.worker_env_steps()
+    finally:
+        run.close()
+    assert summary.last_eval["eval/joint_return"] == pytest.approx(10.0)  # TAD-PPO-T
+    assert summary.last_eval["eval/return"] == pytest.approx(10.0)  # the distilled decentralized agents
+    assert steps == {"0": 640, "1": 640}  # synchronous: every iteration takes one rollout from each worker
+    assert summary.last_train["train/policy_lag"] == 0.0
+
+
+def test_same_seed_and_worker_count_give_the_same_first_episodes(cluster) -> None:
+    from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
+
+    def first_episodes(seed: int) -> dict[int, dict[str, np.ndarray]]:
+        cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=16", seed=seed)
+        algo = DistributedAlgorithm(cfg, env_spec("matrix:qtran"), torch.device("cpu"))
+        try:
+            algo.source.feed()
+            while len(algo.source.ready) < 2:
+                for task, result in algo.pool.wait():
+                    algo.source.on_result(task, result)
+            return {t.worker: r["episodes"] for t, r in algo.source.ready}
+        finally:
+            algo.close()
+
+    a, b = first_episodes(0), first_episodes(0)
+    for w in (0, 1):
+        for name in ("obs", "actions", "reward", "filled"):
+            np.testing.assert_array_equal(a[w][name], b[w][name])
+    assert not np.array_equal(a[0]["actions"], a[1]["actions"])  # workers' envs and exploration are seeded apart
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_sigkill_of_a_worker_mid_run_is_survived_and_counted(cluster, tmp_path: Path) -> None:
+    cfg = config(cluster, "qtran-base", "matrix:qtran", 2048, *QTRAN)
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+    kill = KillWorkerOnce(0, at=5)
+    metrics = TrainMetrics.serve(0, run, host="127.0.0.1")
+    run.observers += [kill, metrics]
+    try:
+        summary = run.loop_to_end()
+        samples = scrape(metrics.port)
+        pid_now = ray.get(run.algo.pool.actors[0].info.remote())["pid"]
+        faults = run.algo.fault_metrics()
+    finally:
+        metrics.close()
+        run.close()
+    assert summary.env_steps >= 2048  # the run finished
+    assert kill.pid is not None and pid_now != kill.pid  # Ray restarted the killed worker (a new process)
+    failure = events(tmp_path, "worker_failure")
+    assert [(e["worker"], e["reason"], e["call"]) for e in failure] == [(0, "worker_lost", "collect")]
+    assert failure[0]["episodes_dropped"] == 32  # the lost task's episodes: one per env of that worker
+    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_lost"] == 32.0
+    assert samples[("marl_train_worker_restarts_total", ())] == 1.0
+    assert samples[("marl_train_episodes_dropped_total", (("reason", "worker_lost"),))] == 32.0
+    per_worker = {dict(k[1])["worker"]: v for k, v in samples.items() if k[0] == "marl_train_env_steps_total"}
+    assert sum(per_worker.values()) == summary.env_steps and set(per_worker) == {"0", "1"}
+
+
+def test_worker_raising_mid_episode_is_logged_restarted_and_counted(cluster, tmp_path: Path) -> None:
+    """The fault is injected into the worker's own env (its step raises once); the learner logs the worker's
+    traceback, restarts the actor (a fresh env) and counts the task's episodes."""
+    cfg = config(cluster, "vdn", "matrix:qtran", 1024, *QTRAN[:-1])
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+
+    def break_env_once(worker) -> None:
+        step = worker.algo.worker.env.step
+
+        def boom(actions):
+            worker.algo.worker.env.step = step
+            raise FloatingPointError("injected fault in env.step")
+
+        worker.algo.worker.env.step = boom
+
+    class Inject:
+        def on_iteration(self, run, stats):
+            if run.state.iterations == 3:
+                run.algo.pool.actors[1].__ray_call__.remote(break_env_once)
+
+        def on_eval(self, run):
+            pass
+
+    run.observers.append(Inject())
+    try:
+        summary = run.loop_to_end()
+        faults = run.algo.fault_metrics()
+    finally:
+        run.close()
+    failure = events(tmp_path, "worker_failure")
+    assert [(e["worker"], e["reason"]) for e in failure] == [(1, "worker_error")]
+    assert "FloatingPointError: injected fault in env.step" in failure[0]["traceback"]
+    assert "env.step" in failure[0]["traceback"] and failure[0]["episodes_dropped"] == 32
+    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_error"] == 32.0
+    assert summary.env_steps >= 1024
+
+
+def test_episodes_beyond_the_policy_lag_are_dropped(cluster) -> None:
+    from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
+    from marlctl.trainer.replay import ReplayBuffer
+
+    cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=8", "ray.max_policy_lag=1")
+    spec = env_spec("matrix:qtran")
+    algo = DistributedAlgorithm(cfg, spec, torch.device("cpu"))
+    try:
+        src = algo.source
+        src.feed()  # both workers collect with version 0
+        while len(src.ready) < 2:
+            for task, result in algo.pool.wait():
+                src.on_result(task, result)
+        algo.policy.version = 2  # the learner moved on two versions meanwhile
+        buffer = ReplayBuffer(spec, 100, spec.episode_limit)
+        res = src.run_episodes(8, 0, 1.0, np.random.default_rng(0), sink=buffer)
+        assert algo.pool.counters.episodes_dropped == {"policy_lag": 16}  # both version-0 tasks: lag 2 > 1
+        assert res.episodes == 8 and len(buffer) == 8 and src.last_lag <= 1  # a task of version 2 was taken
+    finally:
+        algo.close()
+
+
+def test_resume_with_a_different_worker_count(cluster, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = config(cluster, "vdn", "matrix:qtran", 640, *QTRAN[:-1], "run.save_interval=320")
+    first = train_run(cfg, run_dir, console=QUIET)
+    assert first.env_steps == 640
+    one = RayConfig(address=cluster.address, rollout_workers=1)
+    second = resume_run(run_dir, steps=1280, console=QUIET, ray=one)
+    assert second.env_steps == 1280 and second.episodes == 1280
+    assert json.loads((run_dir / "config.json").read_text())["ray"]["rollout_workers"] == 1
+    starts = events(run_dir, "worker_start")
+    assert [e["worker"] for e in starts] == [0, 1, 0]  # two workers, then one after the resume
+    from marlctl.agents.bundle import read_checkpoint
+
+    ckpt, _, _ = read_checkpoint(run_dir)
+    replay = ckpt.get("replay") or ckpt["algorithm"]["buffer"]  # a snapshot beside the checkpoint, or inside it
+    assert replay["episodes_added"] == 1280  # the replay holds every step, none twice
+    counters = ckpt["algorithm"]["distributed"]["counters"]
+    assert sum(counters["env_steps"].values()) == 1280 and counters["tasks"] >= 40
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_a_worker_whose_env_fails_to_build_stops_the_run_with_its_error(cluster, tmp_path: Path) -> None:
+    from marlctl.trainer.distributed.pool import WorkerPool
+
+    payoff = tmp_path / "payoff.json"
+    payoff.write_text(json.dumps([[1.0, 0.0], [0.0, 1.0]]))
+    cfg = config(cluster, "vdn", f"matrix:file={payoff}", 10)
+    payoff.unlink()  # the learner read it; the workers cannot
+    with pytest.raises(WorkerError, match=r"rollout worker \d failed: .*payoff\.json"):
+        WorkerPool(cfg, "value", lambda *a, **k: None)
+
+
+def test_a_worker_of_another_marlctl_version_is_refused(cluster) -> None:
+    from marlctl.trainer.distributed.pool import worker_error
+    from marlctl.trainer.distributed.worker import RolloutWorkerActor, marlctl_version
+
+    cfg = config(cluster, "vdn", "matrix:qtran", 10)
+    actor = ray.remote(RolloutWorkerActor).remote(cfg.to_dict(), 0, "0.0.0-other")
+    with pytest.raises(ray.exceptions.RayTaskError) as info:
+        ray.get(actor.info.remote())
+    err = worker_error(0, info.value)  # how the pool reports it
+    assert isinstance(err, VersionMismatchError)
+    assert f"runs marlctl {marlctl_version()}" in str(err) and "the learner marlctl 0.0.0-other" in str(err)
+    ray.kill(actor)
+
+
+def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "marlctl.cli.app", "train", "--algo", "vdn", "--env", "matrix:qtran",
+                        "--steps", "10", "--out", str(out), "--ray", f"127.0.0.1:{port}", "--rollout-workers", "2",
+                        "--set", "ray.connect_timeout_s=3"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "300"})
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"cannot reach a Ray head at 127.0.0.1:{port}" in p.stderr and "ray start --head" in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--ray", "local", "--rollout-workers", "0"], "--ray local needs --rollout-workers >= 1"),
+    (["--rollout-workers", "2"], "--rollout-workers 2 needs --ray local or --ray HOST:PORT"),
+    (["--ray", "headnode"], "--ray 'headnode' is not an address; valid: local, or HOST:PORT"),
+    (["--ray", "local", "--rollout-workers", "2", "--worker-cpus", "0"], "worker_cpus=0.0"),
+    (["--ray", "local", "--rollout-workers", "2", "--max-policy-lag", "-1"], "max_policy_lag=-1"),
+    (["--metrics-port", "70000"], "--metrics-port 70000 is not a port; valid: 1..65535"),
+])
+def test_bad_distributed_flags_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:
+    from marlctl.cli.app import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--algo", "vdn", "--env", "matrix:qtran", "--steps", "10",
+                                      "--out", str(out), *flags], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ metrics on the single-process path
+
+
+def test_metrics_port_exports_a_local_run(tmp_path: Path) -> None:
+    cfg = load_config("vdn", "matrix:qtran", overrides=[*QTRAN[:-1], "run.eval_interval=256"], steps=512,
+                      device="cpu")
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+    metrics = TrainMetrics.serve(0, run, host="127.0.0.1")
+    run.observers.append(metrics)
+    try:
+        summary = run.loop_to_end()
+        samples = scrape(metrics.port)
+    finally:
+        metrics.close()
+        run.close()
+    assert samples[("marl_train_env_steps_total", (("worker", "local"),))] == summary.env_steps == 512
+    assert samples[("marl_train_updates_total", ())] == summary.updates
+    assert samples[("marl_train_eval_return", ())] == pytest.approx(summary.last_eval["eval/return"])
+    assert samples[("marl_train_eval_win_rate", ())] == pytest.approx(summary.last_eval["eval/win_rate"])
