@@ -2,8 +2,8 @@
 
 Systems: our service (``marlctl serve``: a stream per episode, the multiplexed ``Episodes`` stream the
 runner uses with ``--transport multiplex``, and unary; batching modes), in-process ONNX Runtime,
-in-process PyTorch, a bare ``grpc.aio`` echo stream (no model: the floor of any Python gRPC stream
-here), and a plain gRPC server calling PyTorch per request (the sync ``grpc.server`` + thread pool a
+in-process PyTorch, a bare ``grpc.aio`` echo stream and unary echo (no model: the floor of any Python
+gRPC stream or unary server here), and a plain gRPC server calling PyTorch per request (the sync ``grpc.server`` + thread pool a
 user would write first). Servers run as separate processes, pinned to core 0 (``--no-pin`` to let
 the OS place them); the client is one ``grpc.aio`` process on the other cores with K concurrent
 episodes (each a 100-step episode loop: observation out, decision back, next observation).
@@ -147,10 +147,14 @@ def echo_server(port: int) -> None:
         while (raw := await context.read()) is not grpc.aio.EOF:
             await context.write(raw)
 
+    async def decide(request, context):  # noqa: ANN001, ANN202
+        return b"\x08\x01"  # Decision(action=1): the unary floor answers without decoding anything
+
     async def serve() -> None:
         server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler(
-            "bench.Echo", {"Episode": grpc.stream_stream_rpc_method_handler(episode)})
+            "bench.Echo", {"Episode": grpc.stream_stream_rpc_method_handler(episode),
+                           "Decide": grpc.unary_unary_rpc_method_handler(decide)})
         server.add_generic_rpc_handlers((handler,))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -174,6 +178,9 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
         stop_at = warm_until + seconds
 
         echo = ch.stream_stream("/bench.Echo/Episode", request_serializer=agent_pb2.Observation.SerializeToString)
+        decide = stub.Decide if mode == "unary" else ch.unary_unary(
+            "/bench.Echo/Decide", request_serializer=agent_pb2.DecideRequest.SerializeToString,
+            response_deserializer=agent_pb2.Decision.FromString)
 
         async def stream_worker(k: int) -> None:
             while time.perf_counter() < stop_at:
@@ -198,15 +205,15 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
                 e += 1
                 for t, m in enumerate(msgs):
                     t0 = time.perf_counter()
-                    await stub.Decide(agent_pb2.DecideRequest(episode_id=eid, start=t == 0, end=t == len(msgs) - 1,
-                                                              observation=m))
+                    await decide(agent_pb2.DecideRequest(episode_id=eid, start=t == 0, end=t == len(msgs) - 1,
+                                                         observation=m))
                     t1 = time.perf_counter()
                     if t0 > warm_until and t1 < stop_at:
                         lat.append(t1 - t0)
                         counts[k] += 1
                     if t1 >= stop_at:
                         if t != len(msgs) - 1:
-                            await stub.Decide(agent_pb2.DecideRequest(episode_id=eid, end=True))
+                            await decide(agent_pb2.DecideRequest(episode_id=eid, end=True))
                         break
 
         mux = None
@@ -232,7 +239,7 @@ async def _client(target: str, mode: str, concurrency: int, seconds: float, obs_
                         break
                 mux.close_slot(slot)
 
-        worker = {"stream": stream_worker, "echo": stream_worker, "unary": unary_worker,
+        worker = {"stream": stream_worker, "echo": stream_worker, "unary": unary_worker, "echo-unary": unary_worker,
                   "multiplex": multiplex_worker}[mode]
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         if mux is not None:
@@ -405,7 +412,7 @@ def main() -> None:
                     [sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0", "--host",
                      "127.0.0.1", "--port", "{port}", "--batching", mode, "--log-level", "error", "--grace", "1"])
                    for mode in modes]
-        servers.append(("bare grpc.aio echo stream (floor)", ("echo",), [sys.executable, __file__, "--echo-server",
+        servers.append(("bare grpc.aio {} (floor)", ("echo", "echo-unary"), [sys.executable, __file__, "--echo-server",
                                                                           "{port}"]))
         servers.append(("plain gRPC + PyTorch {}", ("stream", "unary"),
                         [sys.executable, __file__, "--naive-server", str(checkpoint), "{port}"]))
@@ -423,7 +430,7 @@ def main() -> None:
                     for call in calls:
                         for K in Ks:
                             cell = bench_service(f"127.0.0.1:{port}", call, K, args.seconds, obs_TO, avail_TA, proc.pid)
-                            record(label.format(call), cell)
+                            record(label.format({"echo": "echo stream", "echo-unary": "unary echo"}.get(call, call)), cell)
                 finally:
                     stop_process(proc)
     write_results(median_cells(cells), args, manifest)
@@ -511,11 +518,15 @@ def write_results(cells: list[Cell], args: argparse.Namespace, manifest: dict) -
                ("stream p99 at K=1", "marlctl serve stream (auto)", 1, "p99_us", 500, "<="),
                ("stream decisions/s at K=64", "marlctl serve stream (auto)", 64, "decisions_per_s", 25_000, ">="),
                ("multiplexed decisions/s at K=64", "marlctl serve multiplex (auto)", 64, "decisions_per_s", 25_000, ">=")]
-    floor = "bare grpc.aio echo stream (floor)"
+    plain = by.get(("plain gRPC + PyTorch unary", 64))
+    if plain is not None:  # issue 12: unary at >= 3x the plain gRPC + PyTorch unary server
+        targets.append(("unary decisions/s at K=64 (3x plain unary)", "marlctl serve unary (auto)", 64,
+                        "decisions_per_s", round(3 * plain.decisions_per_s), ">="))
     lines += ["", "## The serving issue's targets on this machine", "",
               "| target | measured | bare gRPC echo (same run) | met |", "|---|---:|---:|---|"]
     for what, system, k, field, bound, op in targets:
         if (system, k) in by:
+            floor = "bare grpc.aio unary echo (floor)" if "unary" in system else "bare grpc.aio echo stream (floor)"
             got = getattr(by[(system, k)], field)
             echo = getattr(by[(floor, k)], field) if (floor, k) in by else float("nan")
             met = got <= bound if op == "<=" else got >= bound
