@@ -289,6 +289,9 @@ class TrainingRun:
                     scalars["train/updates_per_s"] = (st.updates - updates_log) / dt
                     scalars["train/episodes"] = float(st.episodes)
                     scalars["train/updates"] = float(st.updates)
+                    totals = getattr(self.algo, "fault_metrics", None)  # Ray workers: restarts, drops (not averaged)
+                    if callable(totals):
+                        scalars.update(totals())
                     logger.event("train", st.env_steps, scalars)
                     self.last_train = scalars
                     t_log, steps_log, updates_log = now, st.env_steps, st.updates

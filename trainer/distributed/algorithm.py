@@ -77,10 +77,11 @@ class DistributedAlgorithm:
         stats = self.inner.train_iteration()
         if stats.updates > 0:
             self.policy.version += 1
-        stats.metrics.update(self.fault_metrics())
+        stats.metrics["train/policy_lag"] = float(self.source.last_lag if self.source else 0)  # averaged per log line
         return stats
 
     def fault_metrics(self) -> dict[str, float]:
+        """Running totals for the log line and the metrics exporter (the last policy lag too)."""
         assert self.pool is not None
         c = self.pool.counters
         out = {"train/policy_lag": float(self.source.last_lag if self.source else 0),
