@@ -5,7 +5,7 @@
 # prometheus / kubectl binaries the tests use), creates .venv with Python 3.11,
 # builds gfootball==2.10.2 from source, installs torch==2.13.0 (CPU build on
 # this machine), JAX + jaxmarl, ONNX, ONNX Runtime (GPU build: it picks CUDA
-# only where CUDA loads), gRPC and marlctl itself (editable). Safe to run twice:
+# only where CUDA loads), gRPC, PettingZoo + MPE2, MLflow, W&B and marlctl itself (editable). Safe to run twice:
 # every step checks whether it is already done.
 set -euo pipefail
 
@@ -46,7 +46,7 @@ PIP=(python -m pip install --disable-pip-version-check -q)
 
 stamp="$VENV/.marlctl-setup.sha256"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marlctl.cli, torch, jax, jaxmarl, gfootball, onnxruntime, ray" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import marlctl.cli, torch, jax, jaxmarl, gfootball, onnxruntime, ray, pettingzoo, mpe2, mlflow, wandb" 2>/dev/null; then
   say "Python environment up to date ($VENV)"
   exit 0
 fi
@@ -62,7 +62,7 @@ if ! python -c "import gfootball.env" 2>/dev/null; then
 fi
 
 say "installing marlctl and its dependencies"
-"${PIP[@]}" -e "$ROOT[train,grf,dev]" onnxruntime-gpu
+"${PIP[@]}" -e "$ROOT[train,grf,dev,pettingzoo,mlflow,wandb]" onnxruntime-gpu
 # A CPU onnxruntime pulled in by another package would shadow the GPU build's module.
 if python -m pip show onnxruntime >/dev/null 2>&1; then
   python -m pip uninstall -y -q onnxruntime
