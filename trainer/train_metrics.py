@@ -69,7 +69,7 @@ class TrainMetrics:
         faults = getattr(algo, "fault_metrics", None)
         if callable(faults):
             f = faults()
-            self.policy_lag.set(f["train/policy_lag"])
+            self.policy_lag.set(algo.policy_lag())
             self.workers_alive.set(f["train/workers_alive"])
             self._follow(self.restarts, ("restarts", ""), f["train/worker_restarts"])
             for key, total in f.items():

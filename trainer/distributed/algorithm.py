@@ -77,15 +77,14 @@ class DistributedAlgorithm:
         stats = self.inner.train_iteration()
         if stats.updates > 0:
             self.policy.version += 1
-        stats.metrics["train/policy_lag"] = float(self.source.last_lag if self.source else 0)  # averaged per log line
+        stats.metrics["train/policy_lag"] = float(self.policy_lag())  # averaged over each log line
         return stats
 
     def fault_metrics(self) -> dict[str, float]:
-        """Running totals for the log line and the metrics exporter (the last policy lag too)."""
+        """Running totals for the log line and the metrics exporter."""
         assert self.pool is not None
         c = self.pool.counters
-        out = {"train/policy_lag": float(self.source.last_lag if self.source else 0),
-               "train/worker_restarts": float(c.worker_restarts),
+        out = {"train/worker_restarts": float(c.worker_restarts),
                "train/workers_alive": float(len(self.pool.alive())),
                "train/episodes_dropped": float(sum(c.episodes_dropped.values()))}
         out.update({f"train/episodes_dropped/{k}": float(v) for k, v in c.episodes_dropped.items()})
@@ -120,6 +119,10 @@ class DistributedAlgorithm:
         return get() if callable(get) else None
 
     # ------------------------------------------------------------ what the loop shows
+
+    def policy_lag(self) -> int:
+        """Versions between the learner and the episodes it took last (0 for on-policy methods)."""
+        return self.source.last_lag if self.source else 0
 
     def progress_info(self) -> str:
         """Workers alive and each worker's accepted env-steps/s over the last few seconds (the progress line)."""
