@@ -479,12 +479,22 @@ def explain_config(cfg: TrainConfig, layers: Iterable[ConfigLayer]) -> list[Sett
             for key, value in values.items():
                 setters.setdefault(f"{section}.{key}", []).append((layer.name, value))
     defaults = from_sections({"run": {"algo": cfg.run.algo}}).to_dict()
+    types = {name: _field_types(cls) for name, cls in SECTION_TYPES.items()}
+    types[ALGO_SECTION] = _field_types(algorithm_spec(cfg.run.algo).config_cls)
+
+    def typed(section: str, key: str, raw: Any) -> Any:  # "1e-3" from --set and 0.001 from a file are one value
+        try:
+            return _coerce(raw, types[section][key], f"{section}.{key}")
+        except ConfigValueError:
+            return raw
+
     out = []
     for section, values in cfg.to_dict().items():
         for key, value in values.items():
             chain = [(DEFAULT_LAYER, defaults[section][key]), *setters.get(f"{section}.{key}", [])]
             source = chain[-1][0]
-            shadowed = tuple((name, v) for name, v in chain[:-1] if str(v) != str(chain[-1][1]))
+            shadowed = tuple((name, typed(section, key, v)) for name, v in chain[:-1]
+                             if typed(section, key, v) != value)
             out.append(Setting(f"{section}.{key}", value, source, shadowed))
     return out
 
