@@ -186,3 +186,28 @@ def test_mixer_gradient_matches_lemma_1() -> None:
     elu_prime_B1M = torch.where(pre_B1M > 0, torch.ones_like(pre_B1M), torch.exp(pre_B1M))
     lemma_BN = (W1 * elu_prime_B1M * W2.transpose(1, 2)).sum(-1)  # sum_j h'(.)_j w1_aj w2_j
     torch.testing.assert_close(grad_BN, lemma_BN.detach())
+
+
+@pytest.mark.parametrize("hypernet_layers", [1, 2])
+def test_qmixer_closed_form_gradient_equals_autograd(hypernet_layers: int) -> None:
+    """QMixer.forward_with_gradient (Lemma 1 from the hypernetworks' weights) equals autograd's dQ_tot/dQ_j,
+    on rows whose ELU pre-activations are negative as well as positive, and returns the same Q_tot."""
+    from marlctl.trainer.mixers.qmix import QMixer
+
+    torch.manual_seed(3)
+    B, T, N, S = 6, 5, 4, 7
+    mixer = QMixer(N, S, embed_dim=8, hypernet_embed=16, hypernet_layers=hypernet_layers)
+    q_BTN = (3.0 * torch.randn(B, T, N)).requires_grad_(True)
+    state_BTS = torch.randn(B, T, S)
+    q_tot_BT, closed_BTN = mixer.forward_with_gradient(q_BTN, state_BTS)
+    _, w1_RNE, pre_R1E, _ = mixer._mix(q_BTN, state_BTS)
+    assert (pre_R1E < 0).any() and (pre_R1E > 0).any()  # both branches of elu' are exercised
+    assert not closed_BTN.requires_grad
+    autograd_BTN = mixer_gradient(q_tot_BT.reshape(-1), q_BTN).view(B, T, N)
+    torch.testing.assert_close(closed_BTN, autograd_BTN, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_tot_BT, mixer(q_BTN, state_BTS))
+    assert (closed_BTN >= 0).all()  # monotonic mixer
+    # Q_tot still trains through the closed-form path: its gradient reaches the hypernetworks.
+    q_tot_BT.sum().backward()
+    last_w1 = mixer.hyper_w1 if hypernet_layers == 1 else mixer.hyper_w1[-1]
+    assert last_w1.weight.grad.abs().sum() > 0

@@ -4,7 +4,8 @@ ReMIX Algorithm 1: the QMIX mixer's Q_tot is regressed onto ``y = B* Q*_{k-1}`` 
 of WQMIX, ``mixers.central.CentralQ`` over a central agent, trained unweighted) with the loss
 ``1/b sum w (Q_tot - y)^2`` (eq. 7), where ``w`` are the projection weights of Theorem 1 computed by
 ``remix_weights`` from four factors: Bellman error, value underestimation ``exp(Q* - Q_tot)``, the
-mixer gradient ``sum_j (1 - pi^j) / f'_j - 1`` (f' by autograd = Lemma 1) and on-policiness.
+mixer gradient ``sum_j (1 - pi^j) / f'_j - 1`` (f' in closed form by Lemma 1,
+``QMixer.forward_with_gradient``) and on-policiness.
 
 On-policiness ``d^pi / mu`` (§4.3: "an additional replay buffer storing the recently generated
 transitions"): each update draws ``recent_batch_size`` episodes from the ``recent_episodes`` most
@@ -24,7 +25,6 @@ from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.learners.remix_weights import (
     RemixWeightConfig,
     boltzmann_chosen_prob,
-    mixer_gradient,
     remix_weights,
 )
 from marlctl.trainer.learners.wqmix import WQMIXLearner
@@ -97,10 +97,10 @@ class RemixLearner(WQMIXLearner):
         state_BTS = batch.state[:, :-1]
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A] agents' utilities Q^j
         q_taken_BTN = self.taken(q_BTNA, batch.actions)
-        q_tot_BT = self.nets["mixer"](q_taken_BTN, state_BTS)
+        # Q_tot and the mixer gradient f'_j = dQ_tot / dQ^j from the same weights (Lemma 1, closed form)
+        q_tot_BT, f_prime_BTN = self.nets["mixer"].forward_with_gradient(q_taken_BTN, state_BTS)
         central_q_BTNA = self.unroll(self.nets["central_agent"], batch)
         q_star_BT = self.nets["central"](self.taken(central_q_BTNA, batch.actions), state_BTS)
-        f_prime_BTN = mixer_gradient(q_tot_BT, q_taken_BTN)  # Lemma 1 by autograd: dQ_tot / dQ^j
 
         y_BT = self.central_target(batch, q_BTNA)  # y = B* Q*_{k-1}, at the QMIX agents' greedy u_hat'
         with torch.no_grad():

@@ -136,7 +136,10 @@ def remix_weights(
 
 
 def mixer_gradient(q_tot_B: torch.Tensor, q_agents_BN: torch.Tensor) -> torch.Tensor:
-    """f'_{s,Q^j} = dQ_tot/dQ^j ``[B, N]`` by autograd (Lemma 1 for any mixer).
+    """f'_{s,Q^j} = dQ_tot/dQ^j ``[B, N]`` by a second autograd pass: the reference for any mixer.
+
+    ReMIX itself takes QMIX's f' in closed form (``QMixer.forward_with_gradient``, Lemma 1), which the
+    tests check against this.
 
     ``q_agents_BN`` must be an input of the graph that produced ``q_tot_B`` and require grad;
     rows are independent, so the gradient of the sum gives every row's own derivative.
