@@ -8,9 +8,17 @@ QTRAN-base minimizes ``L = L_td + lambda_opt L_opt + lambda_nopt L_nopt`` with::
 
 where ``Q'_jt = sum_i Q_i``, ``u_bar`` the agents' greedy actions, and ``Q^_jt`` is Q_jt held fixed
 (detached: only ``Q_i`` and ``V_jt`` are fitted by L_opt / L_nopt). QTRAN-alt replaces L_nopt by
-``L_nopt_min = 1/N sum_i min_{u_i} (Q'_jt(tau, u_i, u_-i) - Q^_jt(tau, u_i, u_-i) + V_jt)^2`` using
+``L_nopt_min = 1/N sum_i (min_{u_i} [Q'_jt(tau, u_i, u_-i) - Q^_jt(tau, u_i, u_-i) + V_jt])^2`` using
 the counterfactual joint network, and computes L_td and L_opt for every agent's head. ``vjt_zero``
 sets V_jt = 0 (Theorem 1a: fully observable tasks only; it warns otherwise).
+
+L_nopt_min is written from condition (7), ``min_{u_i} [Q'_jt - Q^_jt + V_jt](tau, u_i, u_-i) = 0``: the
+square of the min of the signed difference d. The paper's printed formula squares D before the min;
+min_{u_i} d^2 then fits the d nearest zero and leaves a negative d (Q'_jt below Q_jt - V_jt: condition
+(4b) violated, e.g. at a better joint action the agents' greedy misses) without any gradient, so the
+agents' greedy often stayed on a non-optimal joint action of a random 3x3 game (Table 6's protocol) with
+Q_jt already exact. (min d)^2 = 0 holds exactly when (7) does: every d >= 0 and one is 0
+(``bench/results/paper_qtran_random.md``).
 
 Each variant's ``loss`` reads top to bottom like its section (``QtranBaseLearner``: §3.3,
 ``QtranAltLearner``: §3.4); what both need (the agents' unroll, ``u_bar``, ``Q'_jt``, the ``y_dqn``
@@ -186,13 +194,14 @@ class QtranAltLearner(QtranLearner):
         # ---- L_opt: condition (4a) for every head ----
         opt_err_BTN = t.q_prime_opt.unsqueeze(-1) - q_jt_hat_opt_BTN + v_jt_BT.unsqueeze(-1)
         L_opt = mean(opt_err_BTN.pow(2).mean(-1), batch)
-        # ---- L_nopt_min: condition (7), 1/N sum_i min_{u_i} D(tau, u_i, u_-i) ----
+        # ---- L_nopt_min: condition (7), min_{u_i} [Q'_jt - Q^_jt + V_jt](tau, u_i, u_-i) = 0 for every i ----
         others_BTN1 = (t.q_prime.unsqueeze(-1) - t.q_i_taken).unsqueeze(-1)  # sum_{j != i} Q_j(u_j)
         q_prime_cf_BTNA = t.q_i + others_BTN1  # Q'_jt(tau, ., u_-i)
-        D_BTNA = (q_prime_cf_BTNA - q_cf_BTNA.detach() + v_jt_BT[..., None, None]).pow(2)
+        d_BTNA = q_prime_cf_BTNA - q_cf_BTNA.detach() + v_jt_BT[..., None, None]  # signed, not squared
         avail_BTNA = t.avail | ~t.avail.any(dim=-1, keepdim=True)  # padding rows: all "available"
-        min_D_BTN = D_BTNA.masked_fill(~avail_BTNA, float("inf")).min(dim=-1).values
-        L_nopt_min = mean(min_D_BTN.mean(-1), batch)
+        min_d_BTN = d_BTNA.masked_fill(~avail_BTNA, float("inf")).min(dim=-1).values
+        # Square of the min (see the module docstring): a negative d, i.e. a violated (4b), is the one pushed up.
+        L_nopt_min = mean(min_d_BTN.pow(2).mean(-1), batch)
 
         loss = L_td + c.lambda_opt * L_opt + c.lambda_nopt * L_nopt_min
         return loss, self.metrics(batch, t, q_jt_BTN.mean(-1), v_jt_BT, td=L_td, opt=L_opt, nopt_min=L_nopt_min,
