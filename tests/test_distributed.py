@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -22,8 +24,7 @@ import torch
 from marlctl.envs import env_spec
 from marlctl.trainer.config import load_config
 from marlctl.trainer.distributed.errors import VersionMismatchError, WorkerError
-from marlctl.trainer.distributed.settings import RayConfig
-from marlctl.trainer.run import TrainingRun, resume_run, train_run
+from marlctl.trainer.run import TrainingRun
 from marlctl.trainer.train_metrics import TrainMetrics
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -118,26 +119,98 @@ def test_tad_ppo_with_two_workers_reaches_the_optimum(cluster, tmp_path: Path) -
     assert summary.last_train["train/policy_lag"] == 0.0
 
 
-def test_same_seed_and_worker_count_give_the_same_first_episodes(cluster) -> None:
+def test_same_seed_same_first_episodes_and_stale_episodes_are_dropped(cluster) -> None:
+    """Worker w's envs are seeded from (run seed, w): two runs with the same seed and worker count collect the
+    same first episodes. Then the learner moves on two versions with both version-0 tasks still unread: with
+    max_policy_lag=1 both are dropped and counted, and the episodes taken are of the current version."""
     from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
+    from marlctl.trainer.replay import ReplayBuffer
 
-    def first_episodes(seed: int) -> dict[int, dict[str, np.ndarray]]:
-        cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=16", seed=seed)
-        algo = DistributedAlgorithm(cfg, env_spec("matrix:qtran"), torch.device("cpu"))
-        try:
-            algo.source.feed()
-            while len(algo.source.ready) < 2:
-                for task, result in algo.pool.wait():
-                    algo.source.on_result(task, result)
-            return {t.worker: r["episodes"] for t, r in algo.source.ready}
-        finally:
-            algo.close()
+    spec = env_spec("matrix:qtran")
 
-    a, b = first_episodes(0), first_episodes(0)
+    def first_tasks(algo) -> dict[int, dict[str, np.ndarray]]:
+        algo.source.feed()  # both workers collect with version 0
+        while len(algo.source.ready) < 2:
+            for task, result in algo.pool.wait():
+                algo.source.on_result(task, result)
+        return {t.worker: r["episodes"] for t, r in algo.source.ready}
+
+    cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=16", "ray.max_policy_lag=1")
+    algo = DistributedAlgorithm(cfg, spec, torch.device("cpu"))
+    try:
+        a = first_tasks(algo)
+    finally:
+        algo.close()
+    algo = DistributedAlgorithm(cfg, spec, torch.device("cpu"))
+    try:
+        b = first_tasks(algo)
+        algo.policy.version = 2  # the learner moved on two versions meanwhile
+        buffer = ReplayBuffer(spec, 100, spec.episode_limit)
+        res = algo.source.run_episodes(16, 0, 1.0, np.random.default_rng(0), sink=buffer)
+        dropped, lag = algo.pool.counters.episodes_dropped, algo.source.last_lag
+    finally:
+        algo.close()
     for w in (0, 1):
         for name in ("obs", "actions", "reward", "filled"):
             np.testing.assert_array_equal(a[w][name], b[w][name])
     assert not np.array_equal(a[0]["actions"], a[1]["actions"])  # workers' envs and exploration are seeded apart
+    assert dropped == {"policy_lag": 32}  # both version-0 tasks (16 episodes each): lag 2 > 1
+    assert res.episodes == 16 and len(buffer) == 16 and lag <= 1  # a task of version 2 was taken
+
+
+def test_kill_9_of_the_learner_at_random_moments_then_resume_with_other_worker_counts(cluster, tmp_path: Path) -> None:
+    """The Ray path of test_checkpoints.py's kill test: SIGKILL the whole `marlctl train --ray` process (the
+    learner) at a seeded random moment after its first checkpoint, `--resume` with one worker instead of two;
+    the run ends at its budget and the replay holds exactly the episodes the run counted, none twice."""
+    run, steps = tmp_path / "run", 4096
+    base = [sys.executable, "-m", "marlctl.cli.app", "train"]
+    first = [*base, "--algo", "qtran-base", "--env", "matrix:qtran", "--steps", str(steps), "--device", "cpu",
+             "--out", str(run), "--ray", cluster.address, "--rollout-workers", "2"]
+    for item in ["run.progress=false", "run.eval_interval=0", "run.eval_episodes=4", "run.save_interval=256",
+                 "run.keep_checkpoints=1"]:
+        first += ["--set", item]
+    env = {**os.environ, "COLUMNS": "200"}
+    rng = random.Random(11)
+    kills, resumed_with = 0, []
+    latest_pt = run / "checkpoints" / "latest.pt"
+    for attempt in range(3):
+        workers = 2 if attempt == 0 else 2 - attempt % 2  # 2, then 1, then 2 again
+        argv = first if attempt == 0 else [*base, "--resume", str(run), "--rollout-workers", str(workers)]
+        if attempt:
+            resumed_with.append(workers)
+        before = latest_pt.stat().st_mtime_ns if latest_pt.exists() else 0
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 180
+        while (not latest_pt.exists() or latest_pt.stat().st_mtime_ns == before) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no new checkpoint within 180 s"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None and attempt < 2:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        err = proc.communicate(timeout=300)[1].decode()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+    assert proc.returncode == 0, err
+    assert kills >= 1, "the run ended before any kill: nothing was tested"
+    latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert latest["env_steps"] == latest["run"]["env_steps"] >= steps
+    assert latest["replay"]["episodes_added"] == latest["run"]["episodes"] == latest["env_steps"]  # one-step episodes
+    counters = latest["algorithm"]["distributed"]["counters"]
+    assert sum(counters["env_steps"].values()) == latest["env_steps"]
+    assert json.loads((run / "config.json").read_text())["ray"]["rollout_workers"] == workers
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    resumes = [i for i, e in enumerate(log) if e["event"] == "resume"]
+    assert len(resumes) == len(resumed_with) >= 1
+    for i, n in zip(resumes, resumed_with, strict=True):  # each resumed learner started its own worker count
+        starts = []
+        for e in log[i + 1:]:
+            if e["event"] == "resume":
+                break
+            starts += [e["worker"]] if e["event"] == "worker_start" else []
+        assert starts == list(range(n)), (n, starts)
+    assert log[-1]["event"] == "end" and log[-1]["env_steps"] == latest["env_steps"]
 
 
 # ------------------------------------------------------------------ faults
@@ -204,48 +277,6 @@ def test_worker_raising_mid_episode_is_logged_restarted_and_counted(cluster, tmp
     assert "env.step" in failure[0]["traceback"] and failure[0]["episodes_dropped"] == 32
     assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_error"] == 32.0
     assert summary.env_steps >= 1024
-
-
-def test_episodes_beyond_the_policy_lag_are_dropped(cluster) -> None:
-    from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
-    from marlctl.trainer.replay import ReplayBuffer
-
-    cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=8", "ray.max_policy_lag=1")
-    spec = env_spec("matrix:qtran")
-    algo = DistributedAlgorithm(cfg, spec, torch.device("cpu"))
-    try:
-        src = algo.source
-        src.feed()  # both workers collect with version 0
-        while len(src.ready) < 2:
-            for task, result in algo.pool.wait():
-                src.on_result(task, result)
-        algo.policy.version = 2  # the learner moved on two versions meanwhile
-        buffer = ReplayBuffer(spec, 100, spec.episode_limit)
-        res = src.run_episodes(8, 0, 1.0, np.random.default_rng(0), sink=buffer)
-        assert algo.pool.counters.episodes_dropped == {"policy_lag": 16}  # both version-0 tasks: lag 2 > 1
-        assert res.episodes == 8 and len(buffer) == 8 and src.last_lag <= 1  # a task of version 2 was taken
-    finally:
-        algo.close()
-
-
-def test_resume_with_a_different_worker_count(cluster, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    cfg = config(cluster, "vdn", "matrix:qtran", 640, *QTRAN[:-1], "run.save_interval=320")
-    first = train_run(cfg, run_dir, console=QUIET)
-    assert first.env_steps == 640
-    one = RayConfig(address=cluster.address, rollout_workers=1)
-    second = resume_run(run_dir, steps=1280, console=QUIET, ray=one)
-    assert second.env_steps == 1280 and second.episodes == 1280
-    assert json.loads((run_dir / "config.json").read_text())["ray"]["rollout_workers"] == 1
-    starts = events(run_dir, "worker_start")
-    assert [e["worker"] for e in starts] == [0, 1, 0]  # two workers, then one after the resume
-    from marlctl.agents.bundle import read_checkpoint
-
-    ckpt, _, _ = read_checkpoint(run_dir)
-    replay = ckpt.get("replay") or ckpt["algorithm"]["buffer"]  # a snapshot beside the checkpoint, or inside it
-    assert replay["episodes_added"] == 1280  # the replay holds every step, none twice
-    counters = ckpt["algorithm"]["distributed"]["counters"]
-    assert sum(counters["env_steps"].values()) == 1280 and counters["tasks"] >= 40
 
 
 # ------------------------------------------------------------------ bad input
