@@ -5,8 +5,8 @@ flight instead of one stream per episode. Every episode still sends that agent o
 observation; ``AgentMux`` gathers the decisions the episodes ask for while the previous message is
 in flight and sends them as one ``ObservationBatch`` (rows keyed by the episode's slot), so one gRPC
 message and one ONNX Runtime call serve many decisions (client-side batching, the mirror of the
-server's micro-batching). ``MuxEpisodeLink`` gives an episode the same ``decide``/``close`` interface
-as a per-episode stream, so the runner's episode loop, deadlines, fallbacks and records are shared.
+server's micro-batching). ``MuxEpisodeLink`` is an episode's ``serving.links.AgentLink`` on it, so the
+episode loop (``serving.play``), deadlines, fallbacks and records are shared with the other transports.
 
 Failures, as for per-episode streams: a broken stream, ``UNAVAILABLE`` or a message past the
 deadline fails every row of that message (``unavailable``, ``stream_error``, ``timeout``) and drops
@@ -26,15 +26,13 @@ from typing import Any
 
 import numpy as np
 from marlctl.serving import wire
+from marlctl.serving.clientlog import client_text
 from marlctl.serving.errors import AgentServiceError
+from marlctl.serving.links import Decided, checked_action, failure_reason
 
 log = logging.getLogger(__name__)
 
 METHOD = "/marlctl.agent.v1.AgentService/Episodes"
-
-Decided = tuple[int | None, float, str | None, bool]
-"""``(action or None, latency ms, failure reason or None, reconnected)`` - as ``_AgentLink.decide``."""
-
 
 class _Row:
     __slots__ = ("slot", "obs_O", "avail_A", "future", "t0")
@@ -117,7 +115,7 @@ class AgentMux:
         if reason is not None:
             return None, math.nan, reason, False
         latency_ms = (time.perf_counter() - row.t0) * 1e3
-        if not (0 <= action < avail_A.shape[0] and avail_A[action]):
+        if not checked_action(action, avail_A):
             return None, math.nan, "invalid_decision", reconnected
         return action, latency_ms, None, reconnected
 
@@ -160,24 +158,16 @@ class AgentMux:
                 if raw is grpc.aio.EOF:
                     raise ConnectionError("the service closed the stream")
                 reply = wire.decode_decision_batch(raw)
-        except TimeoutError:
-            return self._fail(rows, "timeout")
         except asyncio.CancelledError:  # the sending episode was cancelled: the stream's state is unknown
             self._fail(rows, "stream_error")
             raise
-        except grpc.aio.AioRpcError as exc:
-            return self._fail(rows, "unavailable" if exc.code() == grpc.StatusCode.UNAVAILABLE else "stream_error")
-        except AgentServiceError as exc:
-            log.warning("agent %d: the service back at its address is another one: %s", self.index, exc)
-            return self._fail(rows, "spec_mismatch")
-        except Exception as exc:  # noqa: BLE001 - the fault boundary of this agent: logged, counted, recorded
-            log.warning("agent %d: multiplexed stream failed: %s: %s", self.index, type(exc).__name__, exc)
-            return self._fail(rows, "stream_error")
+        except Exception as exc:  # noqa: BLE001 - the fault boundary of this agent (serving.links)
+            return self._fail(rows, failure_reason(exc, self.index, "multiplexed stream"))
         if not reply.actions.shape[0] == reply.codes.shape[0] == len(rows):  # not an answer to this message
             log.warning("agent %d answered %d rows to a message of %d", self.index, reply.actions.shape[0], len(rows))
             return self._fail(rows, "stream_error")
         if reply.error:
-            log.warning("agent %d refused rows: %s", self.index, reply.error)
+            log.warning("agent %d refused rows: %s", self.index, client_text(reply.error))
         for i, row in enumerate(rows):
             if row.future.done():  # timed out: the server's state of the slot moved without the episode
                 if row.slot in self._started:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -39,15 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from marlctl.envs.base import EnvSpec, TimeStep
-from marlctl.envs.errors import EnvError
+from marlctl.envs.base import EnvSpec
 from marlctl.serving.errors import AgentServiceError, ServingError
-from marlctl.serving.records import EpisodeRecord, Fallback, Outcome, save_record
-from marlctl.serving.stats import EpisodeSummary, summarize
+from marlctl.serving.links import AgentLink, StreamLink
+from marlctl.serving.play import FAILURE_POLICIES, EpisodePlan, fallback_action, outcome_result, play_episode
+from marlctl.serving.records import EpisodeRecord, save_record
+from marlctl.serving.stats import EpisodeSummary, summarize_records
 
 log = logging.getLogger(__name__)
 
-FAILURE_POLICIES = ("fail", "noop", "random")
+__all__ = ["FAILURE_POLICIES", "TRANSPORTS", "EpisodeRunner", "RunConfig", "RunResult", "check_agent_spec",
+           "fallback_action", "outcome_result"]
+
 TRANSPORTS = ("stream", "multiplex")
 
 # Reconnect quickly after an agent process comes back (gRPC's default backoff grows to 120 s).
@@ -126,27 +128,6 @@ class RunResult:
     """The record file of each episode, in episode order (empty without ``record_dir``)."""
 
 
-def fallback_action(policy: str, avail_A: np.ndarray, rng: np.random.Generator) -> int:
-    """The action the runner applies for a failed agent under ``noop`` / ``random``."""
-    idx = np.flatnonzero(avail_A)
-    if idx.size == 0:
-        raise ServingError("the environment offers an agent no available action")
-    if policy == "noop":
-        return 0 if avail_A[0] else int(idx[0])
-    if policy == "random":
-        return int(rng.choice(idx))
-    raise ServingError(f"no fallback action under policy {policy!r}")
-
-
-def outcome_result(outcome: Outcome, has_won: bool) -> str:
-    """``result`` label of ``marl_runner_episodes_total``: won / lost (envs with a goal) / done / aborted."""
-    if outcome.aborted:
-        return "aborted"
-    if has_won:
-        return "won" if outcome.won else "lost"
-    return "done"
-
-
 def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
     """Refuse an agent (``address`` names it in the error) that is not agent ``index`` of a model for ``env``."""
     from marlctl.envs import parse_env_id
@@ -170,88 +151,6 @@ def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
             problems.append(f"its model was trained on {spec.env_id!r}, not {env.env_id!r}")
     if problems:
         raise AgentServiceError(f"{address} (agent {index}) does not match: " + "; ".join(problems))
-
-
-class _AgentLink:
-    """One agent's side of one episode: its current stream, reopened after a failure."""
-
-    def __init__(self, stub: Any, index: int, timeout_s: float, label: str, check_spec: Callable[[Any], None]) -> None:
-        self.stub = stub
-        self.index = index
-        self.check_spec = check_spec
-        self.timeout_s = timeout_s
-        self.label = label
-        self.call: Any = None
-        self.failed_before = False
-
-    async def _exchange(self, request: Any) -> Any:
-        import grpc
-
-        await self.call.write(request)
-        reply = await self.call.read()
-        if reply is grpc.aio.EOF:
-            raise _StreamEnded("the service closed the stream")
-        return reply
-
-    async def decide(self, obs_O: np.ndarray, avail_A: np.ndarray) -> tuple[int | None, float, str | None, bool]:
-        """``(action or None, latency ms, failure reason or None, reconnected)``.
-
-        The fault boundary of one agent: whatever goes wrong with the remote side becomes a failure
-        reason, never an exception that would stop the other agents or episodes."""
-        import grpc
-        from marlctl.proto import agent_pb2
-
-        reconnecting = self.call is None and self.failed_before
-        request = agent_pb2.Observation(obs=obs_O.tolist(), avail_actions=avail_A.tolist(), episode_id=self.label)
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout_s):  # no extra task per decision, unlike wait_for
-                if reconnecting:  # whoever answers at this address now must still be this agent of this env
-                    self.check_spec(await self.stub.GetSpec(agent_pb2.GetSpecRequest(), wait_for_ready=False))
-                if self.call is None:
-                    self.call = self.stub.Episode(wait_for_ready=False)
-                reply = await self._exchange(request)
-        except TimeoutError:
-            return self._failed("timeout")
-        except grpc.aio.AioRpcError as exc:
-            return self._failed("unavailable" if exc.code() == grpc.StatusCode.UNAVAILABLE else "stream_error")
-        except AgentServiceError as exc:
-            log.warning("agent %d: the service back at its address is another one: %s", self.index, exc)
-            return self._failed("spec_mismatch")
-        except Exception as exc:  # noqa: BLE001 - see the docstring; logged, counted, recorded
-            log.warning("agent %d: stream failed: %s: %s", self.index, type(exc).__name__, exc)
-            return self._failed("stream_error")
-        latency_ms = (time.perf_counter() - t0) * 1e3
-        action = int(reply.action)
-        if not (0 <= action < avail_A.shape[0] and avail_A[action]):
-            return None, math.nan, "invalid_decision", reconnecting
-        return action, latency_ms, None, reconnecting
-
-    def _failed(self, reason: str) -> tuple[None, float, str, bool]:
-        self.drop()
-        self.failed_before = True
-        return None, math.nan, reason, False
-
-    def drop(self) -> None:
-        if self.call is not None:
-            self.call.cancel()
-            self.call = None
-
-    async def close(self) -> None:
-        """Half-close the stream and drain it (ends the episode on the server), bounded by the deadline."""
-        call, self.call = self.call, None
-        if call is None:
-            return
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await call.done_writing()
-                await call.code()  # the server's end of the stream
-        except Exception:  # noqa: BLE001 - the episode is over; a failing close only loses server-side cleanup
-            call.cancel()
-
-
-class _StreamEnded(ConnectionError):
-    """The server ended the stream before answering."""
 
 
 class _Metrics:
@@ -400,128 +299,25 @@ class EpisodeRunner:
                 await loop.run_in_executor(pool, env.close)
 
     async def _episode(self, env: Any, pool: ThreadPoolExecutor, stubs: list[Any], index: int) -> EpisodeRecord:
-        cfg, spec, metrics = self.config, self.spec, self.metrics
-        assert metrics is not None
+        cfg, spec = self.config, self.spec
         loop = asyncio.get_running_loop()
         seed = cfg.seed + index
-        rng = np.random.default_rng([cfg.seed, index, 0x5EED])  # the random fallback policy's own stream
-        links: list[Any]
+        links: list[AgentLink]
         if self._muxes:
             from marlctl.serving.multiplex import MuxEpisodeLink
 
             links = [MuxEpisodeLink(mux) for mux in self._muxes]
         else:
-            links = [_AgentLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}",
+            links = [StreamLink(stub, i, cfg.timeout_ms / 1e3, f"seed{seed}-ep{index}",
                                 functools.partial(check_agent_spec, i, f"agent service {cfg.agents[i]}", env=spec))
                      for i, stub in enumerate(stubs)]
-        ts: TimeStep = await loop.run_in_executor(pool, env.reset, seed)
-        actions: list[np.ndarray] = []
-        rewards: list[float] = []
-        latencies: list[np.ndarray] = []
-        obs_rows: list[np.ndarray] = []
-        avail_rows: list[np.ndarray] = []
-        fallbacks: list[Fallback] = []
-        reconnects: list[tuple[int, int]] = []
-        error: str | None = None
-        last_step_at = time.perf_counter()
-        try:
-            for t in range(spec.episode_limit):
-                if cfg.step_interval_ms > 0:
-                    wait = cfg.step_interval_ms / 1e3 - (time.perf_counter() - last_step_at)
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                step_t0 = last_step_at = time.perf_counter()
-                obs_NO = np.asarray(ts.obs, dtype=np.float32)
-                avail_NA = np.asarray(ts.avail, dtype=bool)
-                decided = await asyncio.gather(*(link.decide(obs_NO[i], avail_NA[i]) for i, link in enumerate(links)))
-                joint_N = np.zeros(spec.n_agents, dtype=np.int64)
-                lat_N = np.full(spec.n_agents, math.nan)
-                for i, (action, lat_ms, reason, reconnected) in enumerate(decided):
-                    if reconnected:
-                        reconnects.append((t, i))
-                    if reason is None:
-                        joint_N[i], lat_N[i] = action, lat_ms
-                        continue
-                    metrics.fallback(i, reason)
-                    if cfg.on_agent_failure == "fail":
-                        error = (f"agent {i} ({cfg.agents[i]}) failed at step {t}: {reason} "
-                                 f"(deadline {cfg.timeout_ms:g} ms); episode aborted (--on-agent-failure fail)")
-                        fallbacks.append(Fallback(t, i, reason, -1))  # -1: nothing applied, aborted
-                        raise _Abort(error)
-                    joint_N[i] = fallback_action(cfg.on_agent_failure, avail_NA[i], rng)
-                    fallbacks.append(Fallback(t, i, reason, int(joint_N[i])))
-                if cfg.record_obs:
-                    obs_rows.append(obs_NO)
-                    avail_rows.append(avail_NA)
-                try:
-                    ts = await loop.run_in_executor(pool, env.step, joint_N)
-                except EnvError as exc:  # e.g. an action the env refuses: this episode ends, the others go on
-                    error = f"the environment refused step {t} (joint action {joint_N.tolist()}): {exc}"
-                    raise _Abort(error) from None
-                actions.append(joint_N)
-                rewards.append(float(ts.reward))
-                latencies.append(lat_N)
-                metrics.step(time.perf_counter() - step_t0)
-                if ts.done:
-                    break
-        except _Abort:
-            pass
-        finally:
-            await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
-        outcome = Outcome(
-            episode_return=float(np.sum(rewards)) if rewards else 0.0,
-            won=bool(ts.info.get("won", False)) and error is None,
-            score=float(ts.info.get("score", 0.0)),
-            length=len(actions),
-            terminated=bool(ts.terminated) and error is None,
-            truncated=bool(ts.truncated) and error is None,
-            degraded=any(f.action >= 0 for f in fallbacks),
-            aborted=error is not None,
-            error=error,
-        )
-        metrics.episode(outcome_result(outcome, spec.has_won), outcome.episode_return)
-        n, a, o = spec.n_agents, spec.n_actions, spec.obs_dim
-        return EpisodeRecord(
-            env_id=cfg.env_id,
-            env_spec=spec.to_dict(),
-            seed=seed,
-            episode_index=index,
-            actions_TN=np.asarray(actions, dtype=np.int64).reshape(-1, n),
-            rewards_T=np.asarray(rewards, dtype=np.float64),
-            outcome=outcome,
-            latency_ms_TN=np.asarray(latencies, dtype=np.float64).reshape(-1, n),
-            fallbacks=fallbacks,
-            reconnects=reconnects,
-            source={"kind": "run", "agents": list(cfg.agents), "on_agent_failure": cfg.on_agent_failure,
-                    "timeout_ms": cfg.timeout_ms, "transport": cfg.transport},
-            obs_TNO=np.asarray(obs_rows, dtype=np.float32).reshape(-1, n, o) if cfg.record_obs else None,
-            avail_TNA=np.asarray(avail_rows, dtype=bool).reshape(-1, n, a) if cfg.record_obs else None,
-        )
 
+        async def run_env(fn: Any, *args: Any) -> Any:
+            return await loop.run_in_executor(pool, fn, *args)
 
-class _Abort(Exception):
-    """Stops an episode under the ``fail`` policy."""
-
-
-def summarize_records(records: list[EpisodeRecord], wall_seconds: float = 0.0) -> EpisodeSummary:
-    """The run summary over records: finished episodes' outcomes, aborted count, latencies, fallbacks."""
-    done = [r for r in records if not r.outcome.aborted]
-    n_agents = records[0].n_agents if records else 0
-    lat: dict[int, list[float]] = {i: [] for i in range(n_agents)}
-    fallbacks: dict[tuple[int, str], int] = {}
-    for r in records:
-        for i in range(n_agents):
-            col = r.latency_ms_TN[:, i]
-            lat[i].extend(col[~np.isnan(col)].tolist())
-        for f in r.fallbacks:
-            fallbacks[(f.agent, f.reason)] = fallbacks.get((f.agent, f.reason), 0) + 1
-    return summarize(
-        [r.outcome.episode_return for r in done],
-        [r.outcome.won for r in done],
-        [r.outcome.length for r in done],
-        aborted=len(records) - len(done),
-        degraded=sum(r.outcome.degraded for r in done),
-        latencies_ms=lat,
-        fallbacks=fallbacks,
-        wall_seconds=wall_seconds,
-    )
+        plan = EpisodePlan(on_agent_failure=cfg.on_agent_failure, agent_names=cfg.agents, timeout_ms=cfg.timeout_ms,
+                           step_interval_ms=cfg.step_interval_ms, record_obs=cfg.record_obs,
+                           source={"kind": "run", "agents": list(cfg.agents), "on_agent_failure": cfg.on_agent_failure,
+                                   "timeout_ms": cfg.timeout_ms, "transport": cfg.transport})
+        return await play_episode(env, spec, links, seed, index, plan, metrics=self.metrics, run_env=run_env,
+                                  rng=np.random.default_rng([cfg.seed, index, 0x5EED]))  # the random fallback's stream

@@ -190,3 +190,27 @@ def summarize(
         fallbacks=dict(fallbacks or {}),
         wall_seconds=wall_seconds,
     )
+
+
+def summarize_records(records: Sequence[Any], wall_seconds: float = 0.0) -> EpisodeSummary:
+    """The run summary over ``EpisodeRecord``s: finished episodes' outcomes, aborted count, latencies, fallbacks."""
+    done = [r for r in records if not r.outcome.aborted]
+    n_agents = records[0].n_agents if records else 0
+    lat: dict[int, list[float]] = {i: [] for i in range(n_agents)}
+    fallbacks: dict[tuple[int, str], int] = {}
+    for r in records:
+        for i in range(n_agents):
+            col = r.latency_ms_TN[:, i]
+            lat[i].extend(col[~np.isnan(col)].tolist())
+        for f in r.fallbacks:
+            fallbacks[(f.agent, f.reason)] = fallbacks.get((f.agent, f.reason), 0) + 1
+    return summarize(
+        [r.outcome.episode_return for r in done],
+        [r.outcome.won for r in done],
+        [r.outcome.length for r in done],
+        aborted=len(records) - len(done),
+        degraded=sum(r.outcome.degraded for r in done),
+        latencies_ms=lat,
+        fallbacks=fallbacks,
+        wall_seconds=wall_seconds,
+    )
