@@ -77,6 +77,50 @@ def render_cmd(
         console.print(f"  {line}", soft_wrap=True, highlight=False)
 
 
+@deploy_app.command("render-train")
+@handle_user_errors
+def render_train_cmd(
+    algo: str = typer.Option(..., "--algo", help="Algorithm (as `marlctl train --algo`)."),
+    env: str = typer.Option(..., "--env", help="Environment id."),
+    steps: int = typer.Option(..., "--steps", help="Training budget in env steps."),
+    image: str = typer.Option(..., "--image", help="Training image (deploy/docker/Dockerfile.train[-cuda])."),
+    workers: int = typer.Option(..., "--workers", help="Rollout workers: one worker pod and Ray actor each."),
+    gpu: bool = typer.Option(False, "--gpu", help="One nvidia.com/gpu for the learner on the head (CUDA image)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override section.key=value (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Run seed."),
+    out: Path = typer.Option(Path("k8s-train"), "--out", help="Output dir: a kustomize base (new or empty, or --force)."),
+    namespace: str = typer.Option("marl", "--namespace", help="Kubernetes namespace."),
+    name: str = typer.Option(None, "--name", help="RayJob and run dir name (default: from the algorithm and env id)."),
+    envs_per_worker: int = typer.Option(0, "--envs-per-worker", help="Batched envs per worker (0 = env.num_envs)."),
+    worker_cpus: float = typer.Option(1.0, "--worker-cpus", help="CPUs of each worker pod."),
+    worker_memory: str = typer.Option("4Gi", "--worker-memory", help="Memory of each worker pod."),
+    head_cpus: str = typer.Option("2", "--head-cpus", help="CPUs of the head pod (the learner)."),
+    head_memory: str = typer.Option("8Gi", "--head-memory", help="Memory of the head pod (holds the replay buffer)."),
+    runs_size: str = typer.Option("20Gi", "--runs-size", help="Size of the run-dir PersistentVolumeClaim."),
+    storage_class: str = typer.Option(None, "--storage-class", help="StorageClass of the run-dir claim."),
+    metrics_port: int = typer.Option(9100, "--metrics-port", help="Learner's Prometheus metrics port on the head."),
+    backoff_limit: int = typer.Option(3, "--backoff-limit", help="Job retries; each resumes from the last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out dir."),
+) -> None:
+    """Render a KubeRay RayJob for one training run: the learner on the head, W rollout-worker pods, a run volume."""
+    from marlctl.deploy.rayjob import TrainRenderConfig, render_train
+
+    cfg = TrainRenderConfig(
+        algo=algo, env_id=env, steps=steps, image=image, workers=workers, gpu=gpu, overrides=tuple(set_), seed=seed,
+        namespace=namespace, name=name, envs_per_worker=envs_per_worker, worker_cpus=worker_cpus,
+        worker_memory=worker_memory, head_cpus=head_cpus, head_memory=head_memory, runs_size=runs_size,
+        storage_class=storage_class, metrics_port=metrics_port, backoff_limit=backoff_limit,
+    )
+    result = render_train(cfg, out, force=force)
+    console.print(f"RayJob {result.name}: {algo} on {env}, {steps:,} env steps, {workers} rollout workers x "
+                  f"{worker_cpus:g} CPU{', learner on a GPU' if gpu else ''} -> {result.out_dir}/ "
+                  f"({len(result.files)} files)", soft_wrap=True, highlight=False)
+    console.print(f"  entrypoint: {result.entrypoint}", soft_wrap=True, highlight=False)
+    for line in (f"kubectl apply -k {result.out_dir}              # RayJob (KubeRay operator) + run volume + dashboard",
+                 f"kubectl apply -k {result.out_dir}/monitoring   # PodMonitor of the learner's marl_train_* metrics"):
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
+
+
 @deploy_app.command("verify-model")
 @handle_user_errors
 def verify_model_cmd(
@@ -131,6 +175,6 @@ def health_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `deploy` (render, verify-model, fetch-model) and `health` to the app."""
+    """Add `deploy` (render, render-train, verify-model, fetch-model) and `health` to the app."""
     app.add_typer(deploy_app, name="deploy")
     app.command("health")(health_cmd)
