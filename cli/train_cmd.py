@@ -27,8 +27,9 @@ def train(
                                       "jsonl, mlflow, wandb (default tensorboard,jsonl; --resume keeps the run's)."),
     mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI or path for --logger "
                                           "...,mlflow (default: the file store RUN/mlruns)."),
-    ray: str | None = typer.Option(None, "--ray", help="Collect on Ray workers: local (start Ray here) or HOST:PORT "
-                                   "of a running head (`ray start --head`); with --resume also none (one process)."),
+    ray: str | None = typer.Option(None, "--ray", help="Collect on Ray workers: local (start Ray here), HOST:PORT of a "
+                                   "running head (`ray start --head`) or auto (the cluster this node is in); with "
+                                   "--resume also none (one process)."),
     rollout_workers: int | None = typer.Option(None, "--rollout-workers", help="Rollout workers (Ray actors; needs "
                                                "--ray; with --resume: the new count)."),
     envs_per_worker: int | None = typer.Option(None, "--envs-per-worker", help="Batched envs per worker (default "
@@ -87,7 +88,7 @@ def train(
 def _check_cluster(ray_cfg: object) -> None:
     """An unreachable ``--ray HOST:PORT`` fails here, before a run dir is made or PyTorch is imported."""
     address = getattr(ray_cfg, "address", "")
-    if address and address != "local":
+    if address and address not in ("local", "auto"):
         from marlctl.trainer.distributed.cluster import check_reachable
 
         check_reachable(address, ray_cfg.connect_timeout_s)  # type: ignore[attr-defined]

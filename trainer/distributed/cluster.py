@@ -40,8 +40,9 @@ def check_reachable(address: str, timeout_s: float) -> None:
 
 
 def connect(address: str, timeout_s: float) -> Callable[[], None]:
-    """Connect this process to Ray; returns the matching disconnect. ``local`` starts Ray here; an already
-    connected process (a bench or test that joined a cluster itself) is reused and left connected."""
+    """Connect this process to Ray; returns the matching disconnect. ``local`` starts Ray here; ``auto`` joins
+    the cluster this machine belongs to (a Ray job's driver: ``RAY_ADDRESS``, or a node's ``ray start``); an
+    already connected process (a bench or test that joined a cluster itself) is reused and left connected."""
     try:
         import ray
     except ImportError:
@@ -53,7 +54,8 @@ def connect(address: str, timeout_s: float) -> Callable[[], None]:
     if address == "local":
         ray.init(**kwargs)
     else:
-        check_reachable(address, timeout_s)
+        if address != "auto":
+            check_reachable(address, timeout_s)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 from marlctl.trainer.errors import ConfigValueError
 
+RAY_VERSION = "2.60.0"
+"""The Ray release marlctl pins (pyproject's ``train`` extra); every node of a cluster runs this one."""
+
 
 @dataclass(frozen=True)
 class RayConfig:
@@ -12,7 +15,8 @@ class RayConfig:
 
     address: str = ""
     """``""``: today's single-process path (no Ray); ``local``: start Ray inside this process;
-    ``HOST:PORT``: join a running cluster (``ray start --head`` printed the address)."""
+    ``HOST:PORT``: join a running cluster (``ray start --head`` printed the address); ``auto``: the cluster
+    this machine is part of (a KubeRay RayJob's driver on the head)."""
     rollout_workers: int = 0
     """Rollout workers (Ray actors), each owning one batched env and a CPU copy of the agent networks."""
     envs_per_worker: int = 0
@@ -60,7 +64,7 @@ def ray_flags(address: str | None, rollout_workers: int | None, envs_per_worker:
         if address.lower() == "none":
             out.update(address="", rollout_workers=out.get("rollout_workers", 0))
         else:
-            if address != "local":
+            if address not in ("local", "auto"):
                 from marlctl.trainer.distributed.cluster import parse_address
 
                 parse_address(address)
