@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "config_cmd",  # marlctl config show
     "export_cmd",  # marlctl export
     "serve_cmd",  # marlctl serve, marlctl serve-team
+    "rollout_cmd",  # marlctl rollout
     "run_cmd",  # marlctl run, marlctl eval, marlctl replay
     "deploy_cmd",  # marlctl deploy render
     "demo_cmd",  # marlctl demo (the README's end-to-end job)
