@@ -111,7 +111,9 @@ def serve_team(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     log_level: str = typer.Option("warning", help="Log level of the agent processes."),
 ) -> None:
-    """Start one `marlctl serve` process per agent on consecutive ports; stop them all on Ctrl-C/SIGTERM."""
+    """Start one `marlctl serve` process per agent on consecutive ports; stop them all on Ctrl-C/SIGTERM.
+
+    SIGHUP / SIGUSR1 are passed to every agent (roll out the model dir's new version / roll back)."""
     from marlctl.serving.errors import AgentServiceError
     from marlctl.serving.model import read_manifest
     from rich.table import Table
@@ -124,7 +126,13 @@ def serve_team(
     def on_signal(signum: int, _frame: object) -> None:
         stop["requested"] = True
 
+    def forward(signum: int, _frame: object) -> None:  # SIGHUP: roll out, SIGUSR1: roll back (each agent)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old.update({s: signal.signal(s, forward) for s in (signal.SIGHUP, signal.SIGUSR1)})
     try:
         for i in range(n):
             cmd = [sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", str(i),

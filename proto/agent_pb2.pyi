@@ -87,7 +87,7 @@ class GetSpecRequest(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ...) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("agent_index", "n_agents", "obs_dim", "n_actions", "hidden_dim", "algorithm", "kind", "env_id", "model_sha256", "manifest_version", "server_version", "env_steps", "max_episodes", "execution_provider", "model_version")
+    __slots__ = ("agent_index", "n_agents", "obs_dim", "n_actions", "hidden_dim", "algorithm", "kind", "env_id", "model_sha256", "manifest_version", "server_version", "env_steps", "max_episodes", "execution_provider", "model_version", "rollout_attempts", "rollout_refusal")
     AGENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     N_AGENTS_FIELD_NUMBER: _ClassVar[int]
     OBS_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class AgentSpec(_message.Message):
     MAX_EPISODES_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     agent_index: int
     n_agents: int
     obs_dim: int
@@ -118,4 +120,6 @@ class AgentSpec(_message.Message):
     max_episodes: int
     execution_provider: str
     model_version: str
-    def __init__(self, agent_index: _Optional[int] = ..., n_agents: _Optional[int] = ..., obs_dim: _Optional[int] = ..., n_actions: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., algorithm: _Optional[str] = ..., kind: _Optional[str] = ..., env_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., manifest_version: _Optional[int] = ..., server_version: _Optional[str] = ..., env_steps: _Optional[int] = ..., max_episodes: _Optional[int] = ..., execution_provider: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    rollout_attempts: int
+    rollout_refusal: str
+    def __init__(self, agent_index: _Optional[int] = ..., n_agents: _Optional[int] = ..., obs_dim: _Optional[int] = ..., n_actions: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., algorithm: _Optional[str] = ..., kind: _Optional[str] = ..., env_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., manifest_version: _Optional[int] = ..., server_version: _Optional[str] = ..., env_steps: _Optional[int] = ..., max_episodes: _Optional[int] = ..., execution_provider: _Optional[str] = ..., model_version: _Optional[str] = ..., rollout_attempts: _Optional[int] = ..., rollout_refusal: _Optional[str] = ...) -> None: ...

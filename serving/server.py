@@ -164,17 +164,24 @@ class AgentServer:
             except ServingError as exc:
                 self._rollouts.labels(str(self.config.agent_index), "refused").inc()
                 log.error("%s: new model refused, version %s keeps serving: %s", why, cur.version, exc)
+                self._attempted(f"{why}: {exc}")
                 return False
             if model.version == cur.version and model.sha256 == cur.model.sha256:
                 log.info("%s: model version %s unchanged", why, cur.version)
+                self._attempted("")
                 return False
             return self._roll_to(model, why)
+
+    def _attempted(self, refusal: str) -> None:
+        self.servicer.rollout_refusal = refusal
+        self.servicer.rollout_attempts += 1
 
     async def rollback(self) -> bool:
         """Return to the previous version kept in memory (False when there is none)."""
         async with self._reload_lock:
             if self._previous is None:
                 log.error("rollback: no previous model version in memory")
+                self._attempted("rollback: no previous model version in memory")
                 return False
             return self._roll_to(self._previous, "rollback")
 
@@ -183,6 +190,7 @@ class AgentServer:
         self._serial += 1
         self._attach(self.servicer.make_live(model, self._serial))
         self._rollouts.labels(str(self.config.agent_index), "ok").inc()
+        self._attempted("")
         log.info("%s: new episodes get model version %s (was %s; %d live episode(s) finish on it)", why,
                  model.version, cur.version if cur else "-", cur.pins if cur else 0)
         return True

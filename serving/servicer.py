@@ -118,6 +118,9 @@ class AgentServicer:
         self._stream_tasks: set[asyncio.Task] = set()
         self._refusals = RefusalLog(log)
         self._gc_pending = False
+        self.rollout_attempts = 0
+        """Rollouts tried (``AgentServer.reload``/``rollback``); ``rollout_refusal``: why the last was refused."""
+        self.rollout_refusal = ""
         self._internal = RefusalLog(log, burst=3, period_s=60.0)
 
     # ---- model versions -----------------------------------------------------------------------------------
@@ -565,7 +568,8 @@ class AgentServicer:
             hidden_dim=m["hidden_dim"], algorithm=m["algorithm"], kind=m["kind"], env_id=m["env_id"],
             model_sha256=model.sha256, manifest_version=m["version"], server_version=marlctl_version(),
             env_steps=m["env_steps"], max_episodes=self.config.max_episodes, execution_provider=model.provider,
-            model_version=model.version)
+            model_version=model.version, rollout_attempts=self.rollout_attempts,
+            rollout_refusal=self.rollout_refusal)
 
     async def end_streams(self) -> int:
         """Cancel the live streams (after the grace period); each ends with UNAVAILABLE."""
