@@ -66,6 +66,19 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
+def restarted_pid(actor, old_pid: int, deadline_s: float = 120.0) -> int:
+    """The pid of ``actor``'s process once Ray has restarted it (asking again while it is restarting)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            pid = ray.get(actor.info.remote(), timeout=30)["pid"]
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            pid = old_pid
+        if pid != old_pid or time.monotonic() > deadline:
+            return pid
+        time.sleep(0.2)
+
+
 class KillWorkerOnce:
     """A run observer that SIGKILLs worker ``w``'s process after iteration ``at``: the kill is queued on the
     actor behind its task in flight, so the learner's next task for it dies with the process."""
@@ -225,7 +238,7 @@ def test_sigkill_of_a_worker_mid_run_is_survived_and_counted(cluster, tmp_path: 
     try:
         summary = run.loop_to_end()
         samples = scrape(metrics.port)
-        pid_now = ray.get(run.algo.pool.actors[0].info.remote())["pid"]
+        pid_now = restarted_pid(run.algo.pool.actors[0], kill.pid)
         faults = run.algo.fault_metrics()
     finally:
         metrics.close()

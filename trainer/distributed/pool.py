@@ -246,6 +246,9 @@ class WorkerPool:
         self._fail(task, "worker_lost", exc, None)
 
     def _on_recovered(self, w: int, info: dict[str, Any]) -> None:
+        if info["pid"] == self.pids[w]:  # answered by the old process before the kill landed: not back yet
+            self.retry_at[w] = time.monotonic() + 0.2
+            return
         since = self.recovering.pop(w, time.monotonic())
         self.log("worker_restart", worker=w, pid=info["pid"], old_pid=self.pids[w],
                  seconds=round(time.monotonic() - since, 3))
