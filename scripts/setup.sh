@@ -18,7 +18,7 @@ say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 # ---- Debian packages -------------------------------------------------------
 DEB_PKGS=(cmake build-essential libgl1-mesa-dev libsdl2-dev libsdl2-image-dev
   libsdl2-ttf-dev libsdl2-gfx-dev libboost-all-dev libdirectfb-dev libst-dev
-  mesa-utils xvfb prometheus kubectl)
+  mesa-utils xvfb prometheus prometheus-pushgateway kubectl)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +31,11 @@ if ((${#missing[@]})); then
   # The Debian prometheus package starts a system service on :9090; our tests run their own.
   if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
     ($SUDO systemctl disable --now prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true)
+  fi
+  # Same for the Pushgateway (:9091): the batch-job metrics test runs its own.
+  if printf '%s\n' "${missing[@]}" | grep -qx prometheus-pushgateway; then
+    ($SUDO systemctl disable --now prometheus-pushgateway >/dev/null 2>&1 \
+      || $SUDO service prometheus-pushgateway stop >/dev/null 2>&1 || true)
   fi
 else
   say "Debian packages present"
