@@ -26,6 +26,8 @@ def render_cmd(
     runner_env: str = typer.Option(None, "--runner-env", help="Env id the runner plays (default: the manifest's)."),
     episodes: int = typer.Option(100, "--episodes", help="Episodes the runner Job plays."),
     concurrency: int = typer.Option(4, "--concurrency", help="Episodes the runner Job plays at once."),
+    pushgateway: str = typer.Option(None, "--pushgateway", help="Prometheus Pushgateway URL the runner Job pushes its "
+                                    "final metrics to (http://host:9091)."),
     grpc_port: int = typer.Option(50051, "--grpc-port", help="Agent gRPC port (container and Service)."),
     metrics_port: int = typer.Option(9091, "--metrics-port", help="Agent Prometheus metrics port."),
     runner_metrics_port: int = typer.Option(9092, "--runner-metrics-port", help="Runner Prometheus metrics port."),
@@ -46,7 +48,8 @@ def render_cmd(
     cfg = RenderConfig(
         image=image, namespace=namespace, replicas=replicas, max_replicas=max_replicas, gpu=gpu,
         model_source=model_source, model_url=model_url, team=team, runner_image=runner_image,
-        runner_env=runner_env, runner_episodes=episodes, runner_concurrency=concurrency, grpc_port=grpc_port,
+        runner_env=runner_env, runner_episodes=episodes, runner_concurrency=concurrency, pushgateway=pushgateway,
+        grpc_port=grpc_port,
         metrics_port=metrics_port, runner_metrics_port=runner_metrics_port, max_episodes=max_episodes,
         cpu_request=cpu_request, cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
         pvc_size=pvc_size, target_live_episodes=target_live_episodes, target_decision_p99=target_decision_p99,

@@ -73,12 +73,16 @@ def run(
     transport: str = typer.Option("stream", "--transport",
                                   help="stream: one stream per episode and agent | multiplex: one stream per agent "
                                        "for all episodes in flight, their decisions batched (faster at high --concurrency)."),
+    pushgateway: str | None = typer.Option(None, "--pushgateway",
+                                           help="Push the final runner metrics to this Prometheus Pushgateway "
+                                                "(http://host:9091) when the run ends."),
+    push_job: str = typer.Option("marlctl_run", "--push-job", help="Pushgateway job name of those metrics."),
 ) -> None:
     """Run live episodes whose agents are gRPC agent services (one per agent); print a summary.
 
     Each step sends each agent only its own observation and avail mask, on that agent's stream. A failed decision (deadline, agent down, broken stream) follows --on-agent-failure and is recorded; the agent's stream is reopened at its next decision, so a restarted agent rejoins with a fresh recurrent state.
 
-    Exit code 0, or 1 when an episode was aborted (--on-agent-failure fail), 2 on bad input.
+    Exit code 0, or 1 when an episode was aborted (--on-agent-failure fail) or the final metrics could not be pushed to --pushgateway, 2 on bad input.
     """
     from marlctl.serving.runner import EpisodeRunner, RunConfig
 
@@ -86,7 +90,8 @@ def run(
     config = RunConfig(env_id=env, agents=addresses, episodes=episodes, concurrency=concurrency, seed=seed,
                        record_dir=record, record_obs=record_obs, timeout_ms=timeout_ms,
                        on_agent_failure=on_agent_failure, connect_timeout_s=connect_timeout,
-                       step_interval_ms=step_interval_ms, transport=transport)
+                       step_interval_ms=step_interval_ms, transport=transport, pushgateway=pushgateway,
+                       push_job=push_job)
     with _progress(episodes, f"run {env}") as progress:
         task = progress.add_task("episodes", total=episodes, last="")
 
@@ -105,7 +110,11 @@ def run(
     if record is not None:
         console.print(f"records: {len(result.record_paths)} files in {record}")
     _write_json(summary_json, {"env_id": env, "agents": list(addresses), **result.summary.to_dict()})
-    if result.summary.aborted:
+    if result.push_error:
+        err_console.print(f"[red]{result.push_error}[/]")
+    elif pushgateway:
+        console.print(f"final metrics pushed to {pushgateway} (job {push_job})", highlight=False)
+    if result.summary.aborted or result.push_error:
         raise typer.Exit(1)
 
 

@@ -66,6 +66,9 @@ class RenderConfig:
     """Episodes the runner Job plays."""
     runner_concurrency: int = 4
     """Episodes the runner Job plays at once."""
+    pushgateway: str | None = None
+    """Prometheus Pushgateway URL the runner Job pushes its final metrics to (``marlctl run --pushgateway``): the
+    Job's own /metrics endpoint is gone when it completes. None: no push."""
     grpc_port: int = 50051
     """Container and Service port of the agent's gRPC API."""
     metrics_port: int = 9091
@@ -177,6 +180,9 @@ def check_config(cfg: RenderConfig, model: ModelInfo) -> str:
     ):
         if number < low:
             raise RenderInputError(f"{opt} must be >= {low}, got {number}")
+    if cfg.pushgateway is not None and not cfg.pushgateway.startswith(("http://", "https://")):
+        raise RenderInputError(f"--pushgateway {cfg.pushgateway!r} is not a URL: give http://host:port "
+                               "(e.g. http://prometheus-pushgateway.monitoring:9091)")
     ports = {"--grpc-port": cfg.grpc_port, "--metrics-port": cfg.metrics_port, "--runner-metrics-port": cfg.runner_metrics_port}
     for opt, port in ports.items():
         if not 1 <= port <= 65535:

@@ -95,9 +95,10 @@ def serve_args(cfg: RenderConfig, index: int, model_dir: str) -> list[str]:
 
 def runner_args(cfg: RenderConfig, env_id: str, addresses: list[str]) -> list[str]:
     """Arguments of ``marlctl`` in the runner Job (tests run exactly these, locally)."""
+    push = ["--pushgateway", cfg.pushgateway, "--push-job", "marlctl_runner"] if cfg.pushgateway else []
     return ["run", "--env", env_id, "--agents", ",".join(addresses), "--episodes", str(cfg.runner_episodes),
             "--concurrency", str(cfg.runner_concurrency), "--metrics-port", str(cfg.runner_metrics_port),
-            "--on-agent-failure", "noop", "--connect-timeout", "120"]
+            "--on-agent-failure", "noop", "--connect-timeout", "120", *push]
 
 
 def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:

@@ -93,6 +93,11 @@ class RunConfig:
     transport: str = "stream"
     """``stream``: one ``Episode`` stream per episode and agent; ``multiplex``: one ``Episodes`` stream per
     agent carrying all episodes in flight, decisions batched into one message (``serving.multiplex``)."""
+    pushgateway: str | None = None
+    """Prometheus Pushgateway (``http://host:9091``) that gets the runner's final metrics when the run ends (the
+    batch-job convention: a short run's /metrics endpoint is gone before Prometheus scrapes it)."""
+    push_job: str = "marlctl_run"
+    """The ``job`` the metrics are pushed under (a later run of the same job replaces them)."""
 
     def validate(self) -> None:
         if self.on_agent_failure not in FAILURE_POLICIES:
@@ -110,6 +115,11 @@ class RunConfig:
             raise ServingError(f"--step-interval-ms must be >= 0, got {self.step_interval_ms}")
         if not self.agents:
             raise ServingError("--agents is empty: give one host:port per agent, comma-separated")
+        if self.pushgateway is not None and not self.pushgateway.startswith(("http://", "https://")):
+            raise ServingError(f"--pushgateway {self.pushgateway!r} is not a URL: give http://host:port "
+                               "(e.g. http://pushgateway:9091)")
+        if not self.push_job or not self.push_job.replace("_", "").replace("-", "").isalnum():
+            raise ServingError(f"--push-job {self.push_job!r} must be letters, digits, '_' or '-'")
         for addr in self.agents:
             host, sep, port = addr.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -126,6 +136,8 @@ class RunResult:
     """Each agent service's ``GetSpec`` answer, as a dict."""
     record_paths: list[Path] = field(default_factory=list)
     """The record file of each episode, in episode order (empty without ``record_dir``)."""
+    push_error: str | None = None
+    """Why the final metrics could not be pushed to ``--pushgateway`` (None: pushed, or no Pushgateway)."""
 
 
 def check_agent_spec(index: int, address: str, spec: Any, env: EnvSpec) -> None:
@@ -176,6 +188,17 @@ class _Metrics:
         self.m.episodes_total.labels(env=self.env_id, result=result).inc()
         if result != "aborted":
             self.m.episode_return.labels(env=self.env_id).observe(episode_return)
+
+    def push(self, url: str, job: str) -> str | None:
+        """Push every runner metric to the Pushgateway at ``url`` (replacing ``job``'s group); why not, or None."""
+        from prometheus_client import push_to_gateway
+
+        try:
+            push_to_gateway(url, job=job, registry=self.m.registry, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError: the run's results still stand
+            return f"pushing the final metrics to {url} failed: {exc}"
+        log.info("final runner metrics pushed to %s (job %s)", url, job)
+        return None
 
     def close(self) -> None:
         if self.http is not None:
@@ -229,13 +252,17 @@ class EpisodeRunner:
             slots = [self._slot(stubs, queue, results, paths) for _ in range(min(cfg.concurrency, cfg.episodes))]
             await asyncio.gather(*slots)
             wall = time.perf_counter() - t0
+            push_error = None
+            if cfg.pushgateway is not None:
+                push_error = await asyncio.get_running_loop().run_in_executor(
+                    None, self.metrics.push, cfg.pushgateway, cfg.push_job)
         finally:
             await asyncio.gather(*(m.close() for m in self._muxes), return_exceptions=True)
             await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
             self.metrics.close()
         records = [results[i] for i in sorted(results)]
         return RunResult(records=records, summary=summarize_records(records, wall), agent_specs=specs,
-                         record_paths=[paths[i] for i in sorted(paths)])
+                         record_paths=[paths[i] for i in sorted(paths)], push_error=push_error)
 
     def _make_muxes(self, channels: list[Any], stubs: list[Any], specs: list[dict[str, Any]]) -> list[Any]:
         """One ``AgentMux`` per agent under ``--transport multiplex`` (none for per-episode streams)."""

@@ -249,3 +249,52 @@ def test_run_and_replay_cli(team, tmp_path):
     assert out.returncode == 2 and "trained on 'hallway'" in " ".join(out.stderr.split()), out.stderr
     with pytest.raises(RecordError, match="not 'hallway'"):
         load_record(first, expect_env="hallway")
+
+
+PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
+
+
+def test_run_pushes_its_final_metrics_to_a_real_pushgateway(team, tmp_path):
+    """`marlctl run --pushgateway`: the runner's /metrics endpoint ends with the run; the Pushgateway keeps the final
+    values for Prometheus (the real binary, Debian package prometheus-pushgateway, installed by scripts/setup.sh)."""
+    import os
+
+    assert os.access(PUSHGATEWAY, os.X_OK), "scripts/setup.sh installs the Debian package prometheus-pushgateway"
+    _, agents, _ = team
+    port = free_port()
+    gw = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}",
+                           f"--persistence.file={tmp_path / 'pushgateway.data'}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(url + "/-/ready", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(up, 30, "the Pushgateway to be ready")
+        # exactly the command of the rendered runner Job (`marlctl deploy render --pushgateway URL`)
+        from marlctl.deploy.config import RenderConfig
+        from marlctl.deploy.objects import runner_args
+
+        cfg = RenderConfig(image="marlctl:test", runner_episodes=3, runner_concurrency=2, pushgateway=url,
+                           runner_metrics_port=free_port())
+        args = runner_args(cfg, ENV, [a.address for a in agents])
+        assert args[args.index("--pushgateway") + 1] == url
+        out = subprocess.run([*MARLCTL, *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert "final metrics pushed" in out.stdout
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        episodes = [line for line in text.splitlines() if line.startswith("marl_runner_episodes_total{")]
+        assert episodes and all('job="marlctl_runner"' in line for line in episodes), episodes
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in episodes) == 3.0
+        steps = next(line for line in text.splitlines() if line.startswith("marl_runner_step_seconds_count{"))
+        assert float(steps.rsplit(" ", 1)[1]) > 0
+    finally:
+        gw.terminate()
+        gw.wait(10)
+    # nobody listening: the run's results stand, the failed push is reported and the exit code says so
+    out = subprocess.run([*MARLCTL, "run", "--env", ENV, "--agents", ",".join(a.address for a in agents),
+                          "--episodes", "1", "--pushgateway", url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "pushing the final metrics" in out.stderr and "mean return" in out.stdout
