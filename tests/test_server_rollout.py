@@ -186,3 +186,34 @@ def test_rollout_keeps_live_episodes_on_their_version_refuses_a_corrupt_one_and_
         for p in procs:
             p.stop()
 
+
+
+def test_watch_rolls_out_when_the_model_dir_is_swapped(versions, tmp_path):
+    from marlctl.serving.server import ServerConfig
+    from serving_helpers import ServerThread
+
+    v1, v2, v3 = versions
+    link = tmp_path / "current"
+    link.symlink_to(v1)
+    st = ServerThread(ServerConfig(model_dir=link, agent_index=1, host="127.0.0.1", port=0, watch_s=0.05))
+    try:
+        stub = agent_pb2_grpc.AgentServiceStub(st.channel())
+
+        def spec(eid: str = "") -> agent_pb2.AgentSpec:
+            return stub.GetSpec(agent_pb2.GetSpecRequest(episode_id=eid))
+
+        first = spec()
+        o, a = inputs(3)
+        stub.Decide(agent_pb2.DecideRequest(episode_id="live", start=True, observation=obs_msg(o[0], a[0])))
+        swap(link, v2)  # the ConfigMap/volume pattern: the directory is replaced atomically
+        second = wait_until(lambda: (s := spec()).model_version != first.model_version and s, 30,
+                            "--watch to roll out the swapped model dir")
+        assert second.rollout_refusal == "" and spec("live").model_version == first.model_version
+        swap(link, v3)
+        refused = wait_until(lambda: (s := spec()).rollout_attempts > second.rollout_attempts and s, 30,
+                             "--watch to try the corrupt version")
+        assert refused.model_version == second.model_version and "does not match" in refused.rollout_refusal
+        d = stub.Decide(agent_pb2.DecideRequest(episode_id="live", end=True, observation=obs_msg(o[1], a[1])))
+        assert d.step == 1
+    finally:
+        st.close()
