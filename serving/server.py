@@ -138,10 +138,13 @@ class AgentServer:
     def _retired(self, lm: LiveModel) -> None:
         """A version that is no longer current lost its last episode: drop its metric and batcher."""
         m = lm.model
-        try:
-            self.metrics.model_info.remove(str(m.index), m.manifest["algorithm"], m.sha256, m.version)
-        except KeyError:
-            pass
+        still_live = any(o.model.version == m.version and o.model.sha256 == m.sha256
+                         for o in self.servicer.models.values())  # a rollback made the same version current again
+        if not still_live:
+            try:
+                self.metrics.model_info.remove(str(m.index), m.manifest["algorithm"], m.sha256, m.version)
+            except KeyError:
+                pass
         self._closing.add(asyncio.get_running_loop().create_task(lm.batcher.close()))
         log.info("model version %s retired (no live episode left on it)", m.version)
 

@@ -9,8 +9,8 @@
   server's own answers INTERNAL with the request id and is logged with its traceback.
 - Refusals are logged one line each through ``clientlog.RefusalLog`` (client data escaped and capped,
   rate-limited per peer host) and counted in ``marl_agent_decisions_total{code}``.
-- Each episode runs the model version (``LiveModel``) it started on (``serving.rollout``): a rollout
-  changes what new episodes get, never a live one.
+- Each episode runs the model version (``LiveModel``) it started on (rollouts: ``server.AgentServer.reload``):
+  a rollout changes what new episodes get, never a live one.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from marlctl.serving.config import ServerConfig
 from marlctl.serving.episodes import Episode, EpisodeTable, SlotState
 from marlctl.serving.metrics import ServerMetrics, observe_many
 from marlctl.serving.model import AgentModel
-from marlctl.serving.rows import RequestError, RowValidator
+from marlctl.serving.rows import ObsGuard, RequestError, RowValidator
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class AgentServicer:
         self.episodes = EpisodeTable(config.max_episodes, self._on_live_change)
         self.draining = False
         self.on_unpinned: Callable[[LiveModel], None] | None = None
-        """Called when a version that is no longer current loses its last episode (``serving.rollout``)."""
+        """Called when a version that is no longer current loses its last episode (``server.AgentServer``)."""
         self._agent = str(config.agent_index)
         self._live_gauge = metrics.live_episodes.labels(self._agent)
         self._decision_hist = metrics.decision_seconds.labels(self._agent)
@@ -137,8 +137,6 @@ class AgentServicer:
 
     def make_live(self, model: AgentModel, serial: int) -> LiveModel:
         """Wrap a loaded model as a version (its batcher started on the running loop); not yet current."""
-        from marlctl.serving.rows import ObsGuard
-
         batcher = MicroBatcher(model, self.config, self.metrics, self.episodes)
         batcher.start()
         guard = ObsGuard.build(self.config.obs_guard, self.config.obs_margin, model.obs_low_O, model.obs_high_O)
