@@ -2,7 +2,7 @@
 on MPE2 simple_spread (3 agents) at one stated budget over 3 seeds, with training-loop env-steps/s.
 
 Section "batched form": ``B`` copies of the env stepped with random actions, interleaved rounds, medians:
-(a) a bare PettingZoo loop (``parallel_env()`` copies, dict actions, ``reset()`` when an episode ends),
+(a) a bare PettingZoo loop (``parallel_env(max_cycles=100)`` copies, dict actions, ``reset()`` when an episode ends),
 (b) marlctl's batched adapter (``make_batched_env``: a loop over ``B`` adapters in this process), and
 (c) the same adapters split over worker processes (one pipe per worker; measured here to choose the form).
 
@@ -32,7 +32,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 from marlctl.agents.files import atomic_write_text  # noqa: E402
 
-ENV_ID = "pettingzoo:mpe2.simple_spread_v3"
+MAX_CYCLES = 100  # BenchMARL's simple_spread task config (conf/task/pettingzoo/simple_spread.yaml): 100-step episodes
+ENV_ID = f"pettingzoo:mpe2.simple_spread_v3,max_cycles={MAX_CYCLES}"
 ALGOS = ("qmix", "vdn", "mappo", "tad-ppo")
 # The issue's peer figures: BenchMARL 1.5.2, packaged defaults, simple_spread, end to end.
 BENCHMARL_QUOTED = {"mappo": 292.0, "qmix": 460.0}
@@ -47,7 +48,7 @@ class BareLoop:
     def __init__(self, num_envs: int, seed: int) -> None:
         from mpe2 import simple_spread_v3
 
-        self.envs = [simple_spread_v3.parallel_env() for _ in range(num_envs)]
+        self.envs = [simple_spread_v3.parallel_env(max_cycles=MAX_CYCLES) for _ in range(num_envs)]
         for b, env in enumerate(self.envs):
             env.reset(seed=seed + b)
         self.agents = self.envs[0].possible_agents
@@ -271,6 +272,70 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ training throughput per CPU second
+
+
+def our_throughput(algo: str, steps: int, runs: Path) -> dict[str, Any]:
+    """One short run in this process: env steps per wall second and per CPU second of this process (all threads)."""
+    from marlctl.trainer.config import load_config
+    from marlctl.trainer.run import train_run
+    from rich.console import Console
+
+    run_dir = runs / "throughput" / algo
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = load_config(algo, ENV_ID, overrides=["run.eval_interval=0", "run.eval_episodes=4", "run.progress=false",
+                                               "run.save_interval=0", "run.checkpoint_buffer=false"],
+                      steps=steps, seed=0, device="cpu")
+    c0, w0 = time.process_time(), time.perf_counter()
+    summary = train_run(cfg, run_dir, Console(quiet=True))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    return {"algo": algo, "system": "marlctl", "env_steps": summary.env_steps, "wall_s": wall, "cpu_s": cpu,
+            "env_steps_per_s": summary.env_steps / wall, "env_steps_per_cpu_s": summary.env_steps / cpu}
+
+
+# BenchMARL's own entry point (benchmarl/run.py) without the hydra decorator, timed around experiment.run().
+_BENCHMARL_DRIVER = """
+import json, sys, time
+from hydra import compose, initialize_config_module
+from benchmarl.hydra_config import load_experiment_from_hydra
+algo, frames, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+    cfg = compose(config_name="config", overrides=[f"algorithm={algo}", "task=pettingzoo/simple_spread",
+        f"experiment.max_n_frames={frames}", "experiment.loggers=[csv]", "experiment.render=false",
+        f"experiment.evaluation_interval={frames}", f"experiment.save_folder={folder}"])
+exp = load_experiment_from_hydra(cfg, task_name="pettingzoo/simple_spread")
+c0, w0 = time.process_time(), time.perf_counter()
+exp.run()
+print("BENCHMARL_RESULT " + json.dumps({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
+                                         "frames": int(exp.total_frames)}))
+"""
+
+
+def benchmarl_throughput(python: str, algo: str, frames: int, runs: Path) -> dict[str, Any]:
+    """BenchMARL 1.5.2 (its own virtualenv: it needs pettingzoo 1.24) on the same task at its packaged defaults,
+    except: CSV logger only, no rendering, one evaluation at the end, ``frames`` frames."""
+    import csv
+    import subprocess
+
+    folder = (runs / "benchmarl" / algo).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    out = subprocess.run([python, "-c", _BENCHMARL_DRIVER, algo, str(frames), str(folder)], cwd=folder,
+                         capture_output=True, text=True, timeout=3600)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCHMARL_RESULT ")]
+    if out.returncode != 0 or not line:
+        return {"algo": algo, "system": "benchmarl", "error": (out.stderr or out.stdout).strip()[-500:]}
+    res = json.loads(line[-1].split(" ", 1)[1])
+    evals = list(folder.glob("*/*/scalars/eval_reward_episode_reward_mean.csv"))
+    final = None
+    if evals:
+        rows = list(csv.reader(evals[0].open()))
+        final = float(rows[-1][-1]) * 3 if rows else None  # BenchMARL logs the agents' mean; x3 = the team sum
+    return {"algo": algo, "system": "benchmarl", "env_steps": res["frames"], "wall_s": res["wall_s"],
+            "cpu_s": res["cpu_s"], "env_steps_per_s": res["frames"] / res["wall_s"],
+            "env_steps_per_cpu_s": res["frames"] / res["cpu_s"], "final_eval_return_team_sum": final}
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -293,7 +358,7 @@ def markdown(meta: dict[str, Any], form: dict[str, Any] | None, summary: dict[st
     lines += [f"## Learning: greedy eval return at {meta['steps']:,} env steps, seeds {meta['seeds']}", "",
               f"Packaged defaults for `pettingzoo:` ids (trainer/configs/env/pettingzoo*.toml) plus "
               f"`{' '.join(meta['overrides'])}`. Eval: {meta['eval_episodes']} greedy episodes every "
-              f"{meta['eval_interval']:,} steps. Return = the sum of the 3 agents' rewards over the 25-step episode.",
+              f"{meta['eval_interval']:,} steps. Return = the sum of the 3 agents' rewards over the 100-step episode (BenchMARL logs the agents' mean: a third of it).",
               "", "| algorithm | final return (mean) | 95% CI (t, over seeds) | per seed | end-to-end env-steps/s "
               "(median) | BenchMARL 1.5.2 (issue) | ratio |", "|---|---:|---:|---|---:|---:|---:|"]
     for algo, s in summary.items():
@@ -304,10 +369,37 @@ def markdown(meta: dict[str, Any], form: dict[str, Any] | None, summary: dict[st
         lines.append(f"| {algo} | {s['final_return']:.1f} | [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}] | {per_seed} | "
                      f"{rate:,.0f} | {f'{peer:.0f}' if peer else '-'} | {ratio} |")
     lines += ["", f"![curves]({meta['png']})", "", "Curve points (mean return over seeds at each eval):", ""]
+    lines_tp = _throughput_lines(meta.get("throughput", {}))
     for algo, s in summary.items():
         lines.append(f"- {algo}: " + ", ".join(f"{int(p[0]) // 1000}k {p[1]:.1f}" for p in s["curve"]))
+    lines += lines_tp
     lines += ["", "## Notes", "", *meta["notes"], ""]
     return "\n".join(lines)
+
+
+def _throughput_lines(tp: dict[str, Any]) -> list[str]:
+    rows = [r for which in ("ours", "benchmarl") for r in tp.get(which, {}).get("rows", [])]
+    if not rows:
+        return []
+    out = ["", "## Training loop: env steps per CPU second (same machine, short runs)", "",
+           "CPU seconds of the training process (all its threads) around the training loop only; wall-clock rates "
+           "beside them depend on what else the shared machine ran.", "",
+           "| system | algorithm | env steps | CPU s | env-steps / CPU s | wall env-steps/s | final eval return |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['system']} | {r['algo']} | error: {r['error'][:120]} | | | | |")
+            continue
+        ret = r.get("final_eval_return_team_sum")
+        out.append(f"| {r['system']} | {r['algo']} | {r['env_steps']:,} | {r['cpu_s']:.1f} | "
+                   f"{r['env_steps_per_cpu_s']:,.0f} | {r['env_steps_per_s']:,.0f} | "
+                   f"{'-' if ret is None else f'{ret:.1f}'} |")
+    ours = {r["algo"]: r for r in tp.get("ours", {}).get("rows", []) if "error" not in r}
+    peer = {r["algo"]: r for r in tp.get("benchmarl", {}).get("rows", []) if "error" not in r}
+    for algo in sorted(set(ours) & set(peer)):
+        out.append(f"- {algo}: marlctl {ours[algo]['env_steps_per_cpu_s'] / peer[algo]['env_steps_per_cpu_s']:.1f}x "
+                   "BenchMARL's env steps per CPU second")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--form-rounds", type=int, default=10)
     ap.add_argument("--skip-form", action="store_true", help="reuse <out>_form.json instead of measuring")
     ap.add_argument("--form-only", action="store_true", help="measure the batched form only")
+    ap.add_argument("--throughput", default="", help="comma list of ours,benchmarl: only measure training "
+                    "env-steps per CPU second (writes <out>_throughput_<which>.json)")
+    ap.add_argument("--throughput-steps", type=int, default=12_000)
+    ap.add_argument("--benchmarl-python", default="/tmp/benchmarl_venv/bin/python",
+                    help="interpreter of a virtualenv with benchmarl==1.5.2 and pettingzoo[mpe]==1.24.3")
     ap.add_argument("--runs", default="bench/results/tmp/pettingzoo_runs", help="one run dir per cell (kept)")
     ap.add_argument("--out", default="bench/results/pettingzoo", help="path prefix of .json/.md/.png")
     args = ap.parse_args(argv)
@@ -329,6 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.throughput:
+        for which in args.throughput.split(","):
+            rows = []
+            for algo in (ALGOS if which == "ours" else ("mappo", "qmix")):
+                row = (our_throughput(algo, args.throughput_steps, Path(args.runs)) if which == "ours" else
+                       benchmarl_throughput(args.benchmarl_python, algo, args.throughput_steps, Path(args.runs)))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            atomic_write_text(out.with_name(f"{out.name}_throughput_{which}.json"),
+                              json.dumps({"steps": args.throughput_steps, "rows": rows}, indent=1) + "\n")
+        return 0
     form_path = out.with_name(out.name + "_form.json")
     form = None
     if not args.skip_form:
@@ -359,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPU cores shared with other jobs, CPU torch, run under nice -n 10",
         "command": "python bench/pettingzoo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "form_verdict": form_verdict,
+        "throughput": {which: json.loads(p.read_text()) for which in ("ours", "benchmarl")
+                       if (p := out.with_name(f"{out.name}_throughput_{which}.json")).is_file()},
         "notes": [
             "- BenchMARL figures are the issue's (BenchMARL 1.5.2, packaged defaults, its machine); ratios compare "
             "rates from different machines and are only indicative. End-to-end env-steps/s here includes the "
