@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -140,8 +141,15 @@ class RolloutWorkerActor:
         only when ``version`` is new to this worker)."""
         self._ensure()
         self._sync(weights_box, version)
+        t0 = time.perf_counter()
+        out = self._collect(task, epsilon)
+        out.update(worker=self.worker, version=version, task=task, pid=os.getpid(),
+                   seconds=time.perf_counter() - t0)  # the worker's own collection time (benchmarks)
+        return out
+
+    def _collect(self, task: int, epsilon: float) -> dict[str, Any]:
         seed = derive_seed(self.cfg.run.seed, TASK_STREAM, task)
-        out: dict[str, Any] = {"worker": self.worker, "version": version, "task": task, "pid": os.getpid()}
+        out: dict[str, Any] = {}
         if self.kind == "value":
             algo, sink = self.algo, EpisodeCapture()
             algo.learner.nets.eval()

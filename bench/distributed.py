@@ -1,0 +1,417 @@
+"""Ray rollout workers: collection and training-loop env-steps/s, transfer cost, the learner's ingest ceiling,
+a speedup model for W worker nodes, and learning parity with the single-process path (JSON + Markdown + PNG).
+
+Sections (``--sections``, all by default):
+
+* ``collection``: one worker's task loop (the real ``RolloutWorkerActor``: batched env + CPU agent network,
+  episodes cut into arrays) run in this process ("bare", no Ray) and as a Ray actor seen from the learner
+  (its results fetched here), interleaved round by round, median of ``--rounds``; then 2 actors side by
+  side. Target: Ray worker >= 0.9x bare.
+* ``transfer``: per episode, the bytes a worker ships (pickle protocol 5, as Ray's serializer lays out the
+  NumPy arrays) and the learner-observed time beyond the worker's own collection time. Target: <= 5% of a
+  GRF episode's simulation time (per episode at the worker's throughput).
+* ``ingest``: the learner with collection free: a real chunk of episodes re-inserted into the replay buffer
+  and the iteration's updates (value methods), or the PPO update of a real rollout, timed -> episodes/s and
+  env-steps/s the learner absorbs.
+* ``loop``: whole training loop (``TrainingRun``) env-steps/s: today's path, 1 and 2 Ray workers
+  (``--ray local`` on this machine; wall time excludes start-up).
+* ``model``: predicted speedup for W = 1..64 worker nodes = min(W x one Ray worker's rate, ingest ceiling)
+  / today's loop rate (a model from the measured rates, not a measurement).
+* ``grf`` / ``grf-report``: the long GRF learning run (MAPPO, 2 workers, 2M env steps, scoring + checkpoint
+  rewards), started or resumed in its run dir (``grf``), or only reported from its log (``grf-report``).
+* ``parity``: TAD-PPO on matrix:tad10 (51.2k env steps) and hallway (20k) with the packaged configs, today's
+  path vs 2 workers (same total envs per iteration, same seeds): final greedy returns. Resumable: one run dir
+  per cell under ``--runs``; a finished cell is read back, not re-run.
+
+    .venv/bin/python bench/distributed.py --out bench/results/distributed
+    .venv/bin/python bench/distributed.py --sections parity --seeds 0 1
+
+Numbers move with the machine's load (2 shared cores here; the load average at start is recorded): compare
+ratios measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from marlctl.agents.files import atomic_write_text
+
+ENVS = {"smax:3m": {"num_envs": 32, "loop_steps": 9600}, "grf:academy_3_vs_1_with_keeper": {"num_envs": 4,
+                                                                                             "loop_steps": 2400}}
+VALUE_ALGO = "qmix"
+W_MODEL = [1, 2, 4, 8, 16, 32, 64]
+
+
+def config(env_id: str, algo: str = VALUE_ALGO, steps: int = 1000, *extra: str, seed: int = 0) -> Any:
+    from marlctl.trainer.config import load_config
+
+    return load_config(algo, env_id, overrides=[f"env.num_envs={ENVS[env_id]['num_envs']}", "run.progress=false",
+                                                "run.eval_interval=0", "run.save_interval=0", *extra],
+                       steps=steps, seed=seed, device="cpu")
+
+
+# ------------------------------------------------------------------ collection + transfer
+
+
+def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
+    import ray
+    from marlctl.envs import env_spec
+    from marlctl.trainer.distributed.worker import RolloutWorkerActor, marlctl_version, policy_weights
+    from marlctl.trainer.registry import algorithm_spec
+
+    cfg = config(env_id, VALUE_ALGO, 1000, "ray.address=local", "ray.rollout_workers=2")
+    sections = cfg.to_dict()
+    import torch
+
+    learner = algorithm_spec(VALUE_ALGO).build(cfg, env_spec(env_id), torch.device("cpu"))
+    box = [ray.put(policy_weights(learner, "value"))]
+    learner.close()
+    bare = RolloutWorkerActor(sections, 0, marlctl_version())
+    remote = [ray.remote(RolloutWorkerActor).options(num_cpus=1).remote(sections, w, marlctl_version())
+              for w in range(2)]
+    ray.get([a.info.remote() for a in remote])
+    bare.collect(box, 0, 0, 1.0)  # warm-up: JAX compile / engine start
+    ray.get([a.collect.remote(box, 0, 0, 1.0) for a in remote])
+    rows: dict[str, list[float]] = {"bare": [], "ray1": [], "ray2": []}
+    transfer_us, worker_s, sizes, episodes = [], [], [], []
+    task = 1
+    for _ in range(rounds):
+        t0, steps = time.perf_counter(), 0
+        for _ in range(tasks):
+            steps += bare.collect(box, 0, task, 1.0)["env_steps"]
+            task += 1
+        rows["bare"].append(steps / (time.perf_counter() - t0))
+        t0, steps = time.perf_counter(), 0
+        for _ in range(tasks):
+            t1 = time.perf_counter()
+            out = ray.get(remote[0].collect.remote(box, 0, task, 1.0))
+            wall = time.perf_counter() - t1
+            task += 1
+            steps += out["env_steps"]
+            n = len(out["returns"])
+            transfer_us.append((wall - out["seconds"]) / n * 1e6)
+            worker_s.append(out["seconds"] / n)
+            sizes.append(len(pickle.dumps(out, protocol=5)) / n)
+            episodes.append(n)
+        rows["ray1"].append(steps / (time.perf_counter() - t0))
+        t0, steps = time.perf_counter(), 0
+        pending = [a.collect.remote(box, 0, task + i, 1.0) for i, a in enumerate(remote)]
+        task += 2
+        done_tasks = 0
+        while done_tasks < 2 * tasks:
+            [ref], pending = ray.wait(pending, num_returns=1)
+            out = ray.get(ref)
+            steps += out["env_steps"]
+            done_tasks += 1
+            if done_tasks + len(pending) < 2 * tasks:
+                pending.append(remote[out["worker"]].collect.remote(box, 0, task, 1.0))
+                task += 1
+        rows["ray2"].append(steps / (time.perf_counter() - t0))
+    for a in remote:
+        ray.kill(a)
+    bare.close()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    ep_sim_us = statistics.median(worker_s) * 1e6  # per episode at the worker's throughput
+    return {
+        "env_id": env_id, "num_envs": cfg.env.num_envs, "rounds": rounds, "tasks_per_round": tasks,
+        "bare_env_steps_per_s": round(med["bare"], 1), "ray1_env_steps_per_s": round(med["ray1"], 1),
+        "ray2_env_steps_per_s": round(med["ray2"], 1), "ray1_over_bare": round(med["ray1"] / med["bare"], 3),
+        "ray2_over_ray1": round(med["ray2"] / med["ray1"], 3), "rounds_raw": rows,
+        "transfer_bytes_per_episode": round(statistics.median(sizes)),
+        "transfer_us_per_episode": round(statistics.median(transfer_us), 1),
+        "episode_sim_us_at_worker_rate": round(ep_sim_us, 1),
+        "transfer_over_sim": round(statistics.median(transfer_us) / ep_sim_us, 4),
+        "episodes_per_task": statistics.median(episodes),
+    }
+
+
+# ------------------------------------------------------------------ learner ingest
+
+
+class ReplayChunk:
+    """Stand-in for the rollout in the ingest measurement: one real chunk of episodes, inserted again each call."""
+
+    def __init__(self, arrays: dict[str, Any], res: Any) -> None:
+        self.arrays, self.res = arrays, res
+
+    def run_episodes(self, n, seed, epsilon, rng, sink=None):  # noqa: ANN001 - the RolloutWorker interface
+        import numpy as np
+
+        sink.insert(self.arrays, np.arange(len(self.arrays["filled"])))
+        return self.res
+
+    run_steps = None
+
+
+def ingest(env_id: str, iterations: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from marlctl.envs import env_spec
+    from marlctl.trainer.distributed.worker import EpisodeCapture, pad_episodes
+    from marlctl.trainer.registry import algorithm_spec
+
+    torch.set_num_threads(1)
+    cfg = config(env_id, VALUE_ALGO, 10_000)
+    spec = env_spec(env_id)
+    algo = algorithm_spec(VALUE_ALGO).build(cfg, spec, torch.device("cpu"))
+    cap = EpisodeCapture()
+    res = algo.worker.run_episodes(cfg.env.num_envs, 0, 1.0, np.random.default_rng(0), sink=cap)
+    chunk = pad_episodes(spec, spec.episode_limit, cap.arrays())
+    algo.worker = ReplayChunk(chunk, res)
+    while len(algo.buffer) < cfg.replay.batch_size:
+        algo.train_iteration()
+    t0 = time.perf_counter()
+    steps = eps = updates = 0
+    for _ in range(iterations):
+        s = algo.train_iteration()
+        steps, eps, updates = steps + s.env_steps, eps + s.episodes, updates + s.updates
+    wall = time.perf_counter() - t0
+    algo.close()
+    return {"env_id": env_id, "algo": VALUE_ALGO, "num_envs": cfg.env.num_envs, "iterations": iterations,
+            "updates_per_iteration": cfg.learner.updates_per_iteration, "wall_s": round(wall, 3),
+            "episodes_per_s": round(eps / wall, 2), "env_steps_per_s": round(steps / wall, 1),
+            "updates_per_s": round(updates / wall, 2)}
+
+
+# ------------------------------------------------------------------ whole loop
+
+
+def loop(env_id: str, workers: int, steps: int, runs: Path) -> dict[str, Any]:
+    """One `marlctl train` process (a fresh interpreter per cell: no JAX or Ray state shared between cells)."""
+    import shutil
+    import subprocess
+
+    run_dir = runs / f"loop_{env_id.replace(':', '_')}_w{workers}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "marlctl.cli.app", "train", "--algo", VALUE_ALGO, "--env", env_id, "--steps",
+           str(steps), "--device", "cpu", "--out", str(run_dir)]
+    for item in (f"env.num_envs={ENVS[env_id]['num_envs']}", "run.progress=false", "run.eval_interval=0",
+                 "run.save_interval=0", "run.eval_episodes=4"):
+        cmd += ["--set", item]
+    if workers:
+        cmd += ["--ray", "local", "--rollout-workers", str(workers)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    total = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+    end = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+    return {"env_id": env_id, "algo": VALUE_ALGO, "workers": workers, "env_steps": end["env_steps"],
+            "wall_s": round(end["wall_s"], 2), "env_steps_per_s": round(end["env_steps_per_s"], 1),
+            "updates": end["updates"], "startup_s": round(total - end["wall_s"], 1)}
+
+
+# ------------------------------------------------------------------ parity
+
+
+PARITY = {"matrix:tad10": 51_200, "hallway": 20_000}
+
+
+def parity_cell(env_id: str, workers: int, seed: int, runs: Path) -> dict[str, Any]:
+    from marlctl.trainer.config import load_config
+    from marlctl.trainer.run import resume_run, train_run
+    from rich.console import Console
+
+    run_dir = runs / f"parity_{env_id.replace(':', '_')}_w{workers}_s{seed}"
+    done = run_dir / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    base = load_config("tad-ppo", env_id, steps=PARITY[env_id], seed=seed, device="cpu")
+    extra = ["run.progress=false"]
+    if workers:
+        extra += ["ray.address=local", f"ray.rollout_workers={workers}",
+                  f"ray.envs_per_worker={base.env.num_envs // workers}"]  # the same envs per iteration
+    cfg = load_config("tad-ppo", env_id, overrides=extra, steps=PARITY[env_id], seed=seed, device="cpu")
+    quiet = Console(quiet=True)
+    summary = (resume_run(run_dir, console=quiet) if (run_dir / "checkpoints" / "latest.pt").is_file()
+               else train_run(cfg, run_dir, console=quiet))
+    out = {"env_id": env_id, "workers": workers, "seed": seed, "env_steps": summary.env_steps,
+           "eval_return": summary.last_eval.get("eval/return"),
+           "eval_joint_return": summary.last_eval.get("eval/joint_return"), "wall_s": round(summary.wall_s, 1)}
+    atomic_write_text(done, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------ the long GRF run
+
+
+GRF_ENV = "grf:academy_3_vs_1_with_keeper,reward=scoring+checkpoints"
+
+
+def grf_long(runs: Path, steps: int, workers: int, out_png: Path, run: bool) -> dict[str, Any]:
+    """MAPPO with ``workers`` Ray workers on GRF (scoring + checkpoint rewards), resumable: ``run`` starts or
+    resumes `marlctl train` (blocking; kill it any time, the next call resumes); the report reads its log."""
+    import subprocess
+
+    run_dir = runs / f"grf_mappo_{steps // 1000}k_w{workers}"
+    if run:
+        if (run_dir / "checkpoints" / "latest.pt").is_file():
+            cmd = ["train", "--resume", str(run_dir)]
+        else:
+            cmd = ["train", "--algo", "mappo", "--env", GRF_ENV, "--steps", str(steps), "--device", "cpu", "--out",
+                   str(run_dir), "--ray", "local", "--rollout-workers", str(workers), "--set", "run.progress=false",
+                   "--set", "run.save_interval=20000", "--set", "run.eval_interval=20000"]
+        subprocess.run([sys.executable, "-m", "marlctl.cli.app", *cmd], check=False)
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return {"run_dir": str(run_dir), "started": False}
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    evals = [(e["env_steps"], e.get("eval/return"), e.get("eval/win_rate")) for e in events if e["event"] == "eval"]
+    last = max((e["env_steps"] for e in events), default=0)
+    if evals:
+        from marlctl.trainer.plot import plot_runs
+
+        plot_runs([run_dir], out_png, title=f"MAPPO, {workers} Ray workers, {GRF_ENV}")
+    return {"run_dir": str(run_dir), "started": True, "target_steps": steps, "env_steps": last,
+            "finished": any(e["event"] == "end" and e["env_steps"] >= steps for e in events),
+            "evals": [{"env_steps": s, "return": r, "win_rate": w} for s, r, w in evals]}
+
+
+# ------------------------------------------------------------------ model, report
+
+
+def speedup_model(coll: dict[str, Any], ing: dict[str, Any], loops: list[dict[str, Any]]) -> dict[str, Any]:
+    local = next(r for r in loops if r["workers"] == 0)["env_steps_per_s"]
+    per_worker, ceiling = coll["ray1_env_steps_per_s"], ing["env_steps_per_s"]
+    pred = {str(w): round(min(w * per_worker, ceiling) / local, 2) for w in W_MODEL}
+    saturate = ceiling / per_worker
+    return {"env_id": coll["env_id"], "local_loop_env_steps_per_s": local, "per_worker_env_steps_per_s": per_worker,
+            "ingest_ceiling_env_steps_per_s": ceiling, "learner_saturates_at_workers": round(saturate, 1),
+            "predicted_speedup": pred}
+
+
+def plot(models: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in models:
+        ws = list(range(1, 65))
+        ys = [min(w * m["per_worker_env_steps_per_s"], m["ingest_ceiling_env_steps_per_s"])
+              / m["local_loop_env_steps_per_s"] for w in ws]
+        ax.plot(ws, ys, label=f"{m['env_id']} (learner saturates at W={m['learner_saturates_at_workers']:g})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("worker nodes W")
+    ax.set_ylabel("predicted speedup over one process")
+    ax.set_title(f"{VALUE_ALGO}: min(W x worker rate, learner ingest) / local loop (model)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [f"# Ray rollout workers ({res['machine']}, load average {res['load_average']})", "",
+             f"Command: `{res['command']}`", ""]
+    if res.get("collection"):
+        lines += ["## Collection (one worker's task loop, median of rounds)", "",
+                  "| env | envs/worker | bare env-steps/s | 1 Ray worker | ratio (target >= 0.9) | 2 Ray workers | 2/1 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in res["collection"]:
+            lines.append(f"| {c['env_id']} | {c['num_envs']} | {c['bare_env_steps_per_s']:,.0f} | "
+                         f"{c['ray1_env_steps_per_s']:,.0f} | {c['ray1_over_bare']:.2f} | {c['ray2_env_steps_per_s']:,.0f} | "
+                         f"{c['ray2_over_ray1']:.2f} |")
+        lines += ["", "## Transfer per episode (worker -> learner)", "",
+                  "| env | bytes | us beyond collection | episode sim us at worker rate | fraction (target <= 0.05) |",
+                  "|---|---:|---:|---:|---:|"]
+        for c in res["collection"]:
+            lines.append(f"| {c['env_id']} | {c['transfer_bytes_per_episode']:,} | {c['transfer_us_per_episode']:,.0f} | "
+                         f"{c['episode_sim_us_at_worker_rate']:,.0f} | {c['transfer_over_sim']:.3f} |")
+    if res.get("ingest"):
+        lines += ["", f"## Learner ingest ceiling ({VALUE_ALGO}, collection free)", "",
+                  "| env | envs/chunk | updates/iteration | episodes/s | env-steps/s | updates/s |", "|---|---:|---:|---:|---:|---:|"]
+        for i in res["ingest"]:
+            lines.append(f"| {i['env_id']} | {i['num_envs']} | {i['updates_per_iteration']} | {i['episodes_per_s']:,.1f} | "
+                         f"{i['env_steps_per_s']:,.0f} | {i['updates_per_s']:,.1f} |")
+    if res.get("loop"):
+        lines += ["", f"## Whole training loop ({VALUE_ALGO}; wall excludes start-up)", "",
+                  "| env | path | env steps | wall s | env-steps/s | start-up s |", "|---|---|---:|---:|---:|---:|"]
+        for r in res["loop"]:
+            path = "one process" if r["workers"] == 0 else f"{r['workers']} Ray worker(s)"
+            lines.append(f"| {r['env_id']} | {path} | {r['env_steps']:,} | {r['wall_s']} | {r['env_steps_per_s']:,.0f} | "
+                         f"{r['startup_s']} |")
+    if res.get("model"):
+        lines += ["", "## Predicted speedup for W worker nodes (a model from the rates above, not a measurement)", "",
+                  "| env | " + " | ".join(f"W={w}" for w in W_MODEL) + " | learner saturates at W |",
+                  "|---|" + "---:|" * (len(W_MODEL) + 1)]
+        for m in res["model"]:
+            lines.append(f"| {m['env_id']} | " + " | ".join(f"{m['predicted_speedup'][str(w)]:g}x" for w in W_MODEL)
+                         + f" | {m['learner_saturates_at_workers']:g} |")
+        lines += ["", "![speedup model](distributed.png)"]
+    if res.get("parity"):
+        lines += ["", "## Learning parity (TAD-PPO, packaged configs, same total envs per iteration)", "",
+                  "| env | env steps | seed | path | eval return (decentralized) | eval return (joint) | wall s |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        for p in res["parity"]:
+            path = "one process" if p["workers"] == 0 else f"{p['workers']} Ray workers"
+            lines.append(f"| {p['env_id']} | {p['env_steps']:,} | {p['seed']} | {path} | {p['eval_return']:g} | "
+                         f"{p['eval_joint_return']:g} | {p['wall_s']} |")
+    g = res.get("grf")
+    if g and g.get("started"):
+        lines += ["", f"## GRF learning run with Ray workers (MAPPO, `{GRF_ENV}`)", "",
+                  f"Run dir `{g['run_dir']}`: {g['env_steps']:,} of {g['target_steps']:,} env steps"
+                  f"{' (finished)' if g['finished'] else ' (not finished; `--sections grf` resumes it)'}.", ""]
+        if g["evals"]:
+            lines += ["| env steps | eval return | eval win rate |", "|---:|---:|---:|"]
+            lines += [f"| {e['env_steps']:,} | {e['return']:.3g} | {e['win_rate']:.3g} |" for e in g["evals"]]
+            lines += ["", "![GRF curve](distributed_grf.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("bench/results/distributed"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench_distributed"))
+    ap.add_argument("--sections", nargs="+", default=["collection", "ingest", "loop", "model", "parity"])
+    ap.add_argument("--envs", nargs="+", default=list(ENVS))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=4, help="Worker tasks per collection round.")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = ap.parse_args(argv)
+    import ray
+
+    previous = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
+    res: dict[str, Any] = {**previous, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                           "load_average": round(os.getloadavg()[0], 1)}
+    args.runs.mkdir(parents=True, exist_ok=True)
+    if {"collection", "ingest"} & set(args.sections):
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        if "collection" in args.sections:
+            res["collection"] = [collection(e, args.rounds, args.tasks) for e in args.envs]
+        if "ingest" in args.sections:
+            res["ingest"] = [ingest(e, 30 if e.startswith("smax") else 60) for e in args.envs]
+        ray.shutdown()
+    if "loop" in args.sections:
+        res["loop"] = [loop(e, w, ENVS[e]["loop_steps"], args.runs) for e in args.envs for w in (0, 1, 2)]
+    if "model" in args.sections and res.get("collection") and res.get("ingest") and res.get("loop"):
+        res["model"] = [speedup_model(c, next(i for i in res["ingest"] if i["env_id"] == c["env_id"]),
+                                      [r for r in res["loop"] if r["env_id"] == c["env_id"]])
+                        for c in res["collection"]]
+        plot(res["model"], args.out.with_suffix(".png"))
+    if {"grf", "grf-report"} & set(args.sections):
+        res["grf"] = grf_long(args.runs, 2_000_000, 2, args.out.with_name(args.out.name + "_grf.png"),
+                              run="grf" in args.sections)
+    if "parity" in args.sections:
+        res["parity"] = [parity_cell(e, w, s, args.runs) for e in PARITY for s in args.seeds for w in (0, 2)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(res, indent=2, default=str) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
