@@ -349,21 +349,25 @@ class AgentServicer:
         """One episode per stream; context.read()/write() rather than an async generator saves a layer per message."""
         episode_id = f"stream-{uuid.uuid4().hex[:12]}"
         echo_request_id(context)
-        async with self._guarded(context, episode_id) as read:
+        async with self._guarded(context, episode_id) as read, self._stream_lifetime(context, "episode"):
+            # the first message is read before the episode may be refused: a client that writes, then reads, is
+            # told why (a refusal before its write raced it into the client's "Internal error from Core")
+            if (raw := await context.read()) is grpc.aio.EOF:
+                return
             self._no_new_episodes_while_draining()
             ep = self._open(episode_id, unary=False)
             try:
-                async with self._stream_lifetime(context, "episode"):
-                    while (raw := await context.read()) is not grpc.aio.EOF:
-                        t0 = time.perf_counter_ns()
-                        read.nbytes = len(raw)
-                        try:
-                            obs_O, avail_A, client_eid = wire.decode_observation(raw)
-                        except ValueError as exc:
-                            raise RequestError(C.INVALID_ARGUMENT, str(exc)) from None
-                        if client_eid and ep.step == 0:
-                            log.debug("stream %s is client episode %s", episode_id, client_text(client_eid))
-                        await context.write(wire.encode_decision(*await self._decide_one(ep, obs_O, avail_A, t0)))
+                while raw is not grpc.aio.EOF:
+                    t0 = time.perf_counter_ns()
+                    read.nbytes = len(raw)
+                    try:
+                        obs_O, avail_A, client_eid = wire.decode_observation(raw)
+                    except ValueError as exc:
+                        raise RequestError(C.INVALID_ARGUMENT, str(exc)) from None
+                    if client_eid and ep.step == 0:
+                        log.debug("stream %s is client episode %s", episode_id, client_text(client_eid))
+                    await context.write(wire.encode_decision(*await self._decide_one(ep, obs_O, avail_A, t0)))
+                    raw = await context.read()
             finally:
                 self._close(episode_id)
 
@@ -391,21 +395,23 @@ class AgentServicer:
         as one batch per model version, bad rows refused row by row."""
         stream_id = f"episodes-{uuid.uuid4().hex[:12]}"
         echo_request_id(context)
-        async with self._guarded(context, stream_id) as read:
+        async with self._guarded(context, stream_id) as read, self._stream_lifetime(context, "episodes"):
+            if (raw := await context.read()) is grpc.aio.EOF:  # read first, as in Episode
+                return
             self._no_new_episodes_while_draining()
             lm = self._ready()
             state = SlotState(lm.hidden_dim)
             try:
-                async with self._stream_lifetime(context, "episodes"):
-                    while (raw := await context.read()) is not grpc.aio.EOF:
-                        t0 = time.perf_counter_ns()
-                        read.nbytes = len(raw)
-                        try:
-                            rows = wire.decode_observation_batch(raw)
-                        except ValueError as exc:
-                            raise RequestError(C.INVALID_ARGUMENT, str(exc)) from None
-                        self._check_message(rows)
-                        await context.write(await self._decide_rows(state, rows, t0, context.peer()))
+                while raw is not grpc.aio.EOF:
+                    t0 = time.perf_counter_ns()
+                    read.nbytes = len(raw)
+                    try:
+                        rows = wire.decode_observation_batch(raw)
+                    except ValueError as exc:
+                        raise RequestError(C.INVALID_ARGUMENT, str(exc)) from None
+                    self._check_message(rows)
+                    await context.write(await self._decide_rows(state, rows, t0, context.peer()))
+                    raw = await context.read()
             finally:
                 self._release_slots(state, np.flatnonzero(state.live_S))
 

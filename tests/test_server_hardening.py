@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from marlctl.proto import agent_pb2, agent_pb2_grpc
 from marlctl.serving import wire
 from marlctl.serving.server import SERVICE_NAME, ServerConfig
-from serving_helpers import ServerThread, export_model, reference
+from serving_helpers import ServerThread, export_model, reference, wait_for
 
 OBS_DIM, N_ACTIONS = 10, 2
 DECIDE = f"/{SERVICE_NAME}/Decide"
@@ -278,5 +278,50 @@ def test_concurrent_unary_episodes_share_onnx_runtime_calls_and_match_reference(
             np.testing.assert_allclose([list(d.scores) for d in got[k]], ref_q, atol=1e-5)
         assert max(d.timing.batch_size for k in got for d in got[k]) >= 2, "no unary decision shared an ORT call"
         assert len(st.server.servicer.episodes) == 0 and st.server.servicer.episodes.unary == 0
+    finally:
+        st.close()
+
+
+def test_streams_flooding_past_the_bound_get_resource_exhausted_with_a_reason(model_dir):
+    import asyncio
+
+    st = make_server(model_dir, max_episodes=8)
+    good = obs_msg(np.zeros(OBS_DIM, np.float32), [True, True])
+
+    async def one(stub) -> tuple[grpc.StatusCode, str, int]:
+        call, got = stub.Episode(), 0
+        try:
+            for _ in range(4):
+                await call.write(good)
+                if await call.read() is grpc.aio.EOF:
+                    break
+                got += 1
+            await call.done_writing()
+            return await call.code(), await call.details() or "", got
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or "", got
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(st.target) as ch:  # the client on its own loop, in this thread
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            holders = [stub.Episode() for _ in range(8)]
+            for call in holders:  # the bound is full
+                await call.write(good)
+                assert (await call.read()).step == 0
+            flooded = await asyncio.gather(*(one(stub) for _ in range(56)))
+            assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "live-episode bound reached (8)" in details
+                       for code, details, _ in flooded), flooded
+            for call in holders:
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+            for _ in range(3):  # free for all: whoever gets a slot finishes, the rest are told why
+                results = await asyncio.gather(*(one(stub) for _ in range(64)))
+                assert all((code, got) == (grpc.StatusCode.OK, 4) or (
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and "live-episode bound" in details)
+                    for code, details, got in results), results
+
+    try:
+        asyncio.run(scenario())
+        wait_for(lambda: len(st.server.servicer.episodes) == 0, 10, "every flooded stream's episode to end")
     finally:
         st.close()
