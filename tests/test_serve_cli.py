@@ -51,6 +51,14 @@ def test_export_and_serve_refuse_bad_input_with_exit_2(model_dir, tmp_path):
     assert r.returncode == 2 and "max_batch must be >= 1" in r.stderr
     r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--batching", "sometimes")
     assert r.returncode == 2 and "auto, loop, thread, off" in r.stderr
+    r = marlctl("serve", str(model_dir), "--agent", "0", "--port", "0", "--obs-guard", "sometimes")
+    assert r.returncode == 2 and "off, clip, refuse" in r.stderr
+    r = marlctl("rollout", str(model_dir), "--agents", "127.0.0.1:1")
+    assert r.returncode == 2 and "holds 2 agents but --agents lists 1" in r.stderr
+    r = marlctl("rollout", str(tampered), "--agents", "127.0.0.1:1,127.0.0.1:2")
+    assert r.returncode == 2 and "does not match the manifest" in r.stderr
+    r = marlctl("rollout", str(model_dir), "--agents", "127.0.0.1:1,127.0.0.1:2")
+    assert r.returncode == 2 and "does not answer GetSpec" in r.stderr
 
 
 def _serving(target: str) -> bool:
