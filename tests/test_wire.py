@@ -94,3 +94,24 @@ def test_batch_decoders_refuse_bytes_that_are_not_their_message():
     for decode in (wire.decode_observation_batch, wire.decode_decision_batch):
         with pytest.raises(ValueError, match="malformed"):
             decode(b"\x0a\xff\xff")
+
+
+def test_decide_request_codec_agrees_with_protobuf():
+    rng = np.random.default_rng(3)
+    for k in range(40):
+        req = agent_pb2.DecideRequest(episode_id=["", "ep-1", "é" * 3][k % 3], start=bool(k & 1), end=bool(k & 2))
+        if k % 4:
+            req.observation.obs.extend(rng.standard_normal(k % 7).astype(np.float32).tolist())
+            req.observation.avail_actions.extend((rng.random(k % 5) < 0.5).tolist())
+        data = req.SerializeToString()
+        for blob in (data, data + agent_pb2.DecideRequest(end=True).SerializeToString()):  # repeated field: last wins
+            want = agent_pb2.DecideRequest.FromString(blob)
+            eid, start, end, obs = wire.decode_decide_request(blob)
+            assert (eid, start, end) == (want.episode_id, want.start, want.end)
+            assert (obs is None) == (not want.HasField("observation"))
+            if obs is not None:
+                np.testing.assert_array_equal(obs[0], np.array(want.observation.obs, np.float32))
+                np.testing.assert_array_equal(obs[1], np.array(want.observation.avail_actions, bool))
+    for bad in (b"\xff", b"\x0a\x05ab", b"\x0a\x02\xc3\x28", b"\x22\x03\x0a\x05\x00"):
+        with pytest.raises(ValueError, match="malformed DecideRequest"):
+            wire.decode_decide_request(bad)
