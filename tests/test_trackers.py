@@ -54,6 +54,10 @@ def test_mlflow_run_reads_back_through_mlflow_client(tmp_path: Path, one_thread:
     assert evals == [(r["env_steps"], r["eval/return"]) for r in _jsonl(run_dir, "eval")] and len(evals) == 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "log.jsonl", "checkpoints", STATE_FILE} <= artifacts and "mlruns" not in artifacts
+    stored = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    on_disk = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert any(n.startswith("replay_") for n in on_disk), "the value method's run has a replay snapshot"
+    assert stored == {n for n in on_disk if not n.startswith("replay_")}, "every checkpoint but the replay snapshot"
 
     resume_run(run_dir, steps=300, console=Console(quiet=True))
     runs = client.search_runs([exp.experiment_id])

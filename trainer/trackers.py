@@ -8,7 +8,7 @@ the event's env step:
 - ``jsonl``: one JSON object per event in ``log.jsonl`` (what ``marlctl plot`` and the benches read);
 - ``tensorboard``: scalars under ``tb/``;
 - ``mlflow``: the resolved config as params (``section.key``), scalars as metrics at step = env steps,
-  and at the end the run directory as artifacts; the store is ``--mlflow-uri`` (a path, or any MLflow
+  and at the end the run directory as artifacts (not its replay snapshots); the store is ``--mlflow-uri`` (a path, or any MLflow
   tracking URI), by default the file store ``RUN/mlruns`` (MLflow 3 keeps its file store only when
   ``MLFLOW_ALLOW_FILE_STORE=true``, which is set for a file store unless the user set it);
 - ``wandb``: the config and scalars to a W&B run in ``RUN/wandb``, offline unless W&B is configured
@@ -188,16 +188,23 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, env_steps) for k, v in scalars.items()])
 
     def close(self, finished: bool) -> None:
-        skip = {"mlruns", "wandb"}
-        store = Path(self.uri[len("file://"):]) if self.uri.startswith("file://") else None
-        for entry in sorted(self.run_dir.iterdir()):
-            if entry.name in skip or (store is not None and entry.resolve() == store):
-                continue
-            if entry.is_dir():
-                self.client.log_artifacts(self.run_id, str(entry), artifact_path=entry.name)
-            elif entry.is_file():
-                self.client.log_artifact(self.run_id, str(entry))
+        for path in artifact_files(self.run_dir):
+            parent = path.parent.relative_to(self.run_dir).as_posix()
+            self.client.log_artifact(self.run_id, str(path), artifact_path=None if parent == "." else parent)
         self.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
+
+
+def artifact_files(run_dir: Path) -> list[Path]:
+    """The run directory's files for MLflow: all but the trackers' own stores (``mlruns/``, ``wandb/``) and the
+    replay snapshots (``checkpoints/replay_*.npz``: up to hundreds of MB, kept in the run dir for ``--resume``)."""
+    out = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).parts
+        if not path.is_file() or rel[0] in ("mlruns", "wandb") or (rel[0] == "checkpoints" and
+                                                                   path.name.startswith("replay_")):
+            continue
+        out.append(path)
+    return out
 
 
 def wandb_mode() -> str:
