@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--form-rounds", type=int, default=10)
     ap.add_argument("--skip-form", action="store_true", help="reuse <out>_form.json instead of measuring")
     ap.add_argument("--form-only", action="store_true", help="measure the batched form only")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
     ap.add_argument("--throughput", default="", help="comma list of ours,benchmarl: only measure training "
                     "env-steps per CPU second (writes <out>_throughput_<which>.json)")
     ap.add_argument("--throughput-steps", type=int, default=12_000)
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.throughput:
         for which in args.throughput.split(","):
             rows = []
-            for algo in (ALGOS if which == "ours" else ("mappo", "qmix")):
+            for algo in BENCHMARL_QUOTED:
                 row = (our_throughput(algo, args.throughput_steps, Path(args.runs)) if which == "ours" else
                        benchmarl_throughput(args.benchmarl_python, algo, args.throughput_steps, Path(args.runs)))
                 rows.append(row)
@@ -449,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for algo in args.algos.split(","):
         for seed in args.seeds:
+            if args.report_only and not _finished(Path(args.runs) / f"{algo}_s{seed}"):
+                print(f"{algo} seed {seed}: not finished, left out of the report", flush=True)
+                continue
             cell = run_cell(algo, seed, args)
             cells.append(cell)
             print(json.dumps({k: v for k, v in cell.items() if k != "curve"}), flush=True)
