@@ -373,3 +373,38 @@ def test_metrics_port_exports_a_local_run(tmp_path: Path) -> None:
     assert samples[("marl_train_updates_total", ())] == summary.updates
     assert samples[("marl_train_eval_return", ())] == pytest.approx(summary.last_eval["eval/return"])
     assert samples[("marl_train_eval_win_rate", ())] == pytest.approx(summary.last_eval["eval/win_rate"])
+
+
+def test_joined_rollouts_of_different_lengths_keep_every_valid_advantage() -> None:
+    """Synchronous on-policy batches join workers' rollouts along the env axis; an `episodes` rollout stops when
+    its envs have all ended, so lengths differ and the shorter ones are padded: GAE on the joined batch equals
+    GAE on each part for every valid step (no advantage leaks across the padding)."""
+    from algo_helpers import build_algo
+    from marlctl.trainer.distributed.collect import combine_rollouts
+    from marlctl.trainer.ppo.gae import gae
+
+    algo = build_algo("mappo", "hallway", "env.num_envs=2", "env.rollout=episodes")
+    parts = []
+    for it in range(8):
+        algo.iteration = it
+        ro, _, _, _ = algo._collect()
+        parts.append({k: v.numpy() for k, v in vars(ro).items()})
+        if len({p["obs"].shape[0] for p in parts}) > 1 and len(parts) >= 2:
+            break
+    a, b = parts[0], parts[-1]
+    assert a["obs"].shape[0] != b["obs"].shape[0], "the rollouts happen to have one length: nothing tested"
+    joined = combine_rollouts([a, b], torch.device("cpu"))
+
+    def advantages(r: dict) -> torch.Tensor:
+        t = {k: torch.as_tensor(v) for k, v in r.items()}
+        T, B, N = t["values"].shape
+        flat = [x.reshape(T, B * N) if x.dim() == 3 else x[:, :, None].expand(T, B, N).reshape(T, B * N)
+                for x in (t["rewards"], t["values"], t["next_values"], t["terminated"], t["ended"])]
+        return gae(*flat, 0.99, 0.95)[0].view(T, B, N)
+
+    adv = advantages(joined)
+    for offset, part in ((0, a), (a["obs"].shape[1], b)):
+        own, t, envs = advantages(part), part["obs"].shape[0], part["obs"].shape[1]
+        valid = torch.as_tensor(part["valid"])
+        torch.testing.assert_close(adv[:t, offset:offset + envs][valid], own[valid])
+    assert not joined["valid"][max(a["obs"].shape[0], b["obs"].shape[0]) - 1:].all()  # padding is invalid
