@@ -8,6 +8,16 @@ iteration and ``--updates`` gradient steps of 32 episodes per iteration (the pap
 update cadence).
 
     .venv/bin/python bench/paper_qtran.py --steps 20000 --seeds 0 1 2 --out bench/results
+
+``--experiment random``: QTRAN Table 6's protocol, ``--games`` random 3x3 games with U[0, 1) entries
+(``trainer.matrix_runs.random_payoff``), each method trained once per game with the matrix family's
+packaged defaults (one config for every game) for ``--steps`` env steps; reports how often the greedy
+agents reach each game's optimum. ``--experiment two-peak``: QTRAN's 21x21 game (``matrix:qtran21``,
+optimum (5, 15) = 10, lower peak (15, 5) = 5) per seed. Both are resumable: each finished (method, game,
+seed) cell is saved in the results JSON at once and skipped on a rerun with the same settings.
+
+    nice -n 10 .venv/bin/python bench/paper_qtran.py --experiment random --games 50 --steps 20000 --workers 2
+    nice -n 10 .venv/bin/python bench/paper_qtran.py --experiment two-peak --seeds 0 1 2 --steps 20000
 """
 from __future__ import annotations
 
@@ -134,14 +144,127 @@ def verdict(runs: dict) -> str:
     return "\n".join(out)
 
 
+GAMES_OUT = {"random": "paper_qtran_random", "two-peak": "paper_qtran_two_peak"}
+
+
+def games_cells(args: argparse.Namespace) -> list:
+    """The (method, game, seed) cells of ``--experiment random`` / ``two-peak``."""
+    from marlctl.trainer.matrix_runs import Cell, payoff_tuple, random_payoff
+
+    if args.experiment == "random":
+        return [Cell(algo=a, name=f"random_{g}", steps=args.steps, seed=g, overrides=tuple(args.set),
+                     payoff=payoff_tuple(random_payoff(g, args.game_seed)))
+                for g in range(args.games) for a in args.algos]
+    return [Cell(algo=a, name="qtran21", steps=args.steps, seed=s, env_id="matrix:qtran21", overrides=tuple(args.set))
+            for s in args.seeds for a in args.algos]
+
+
+def _cell_key(d: dict) -> tuple:
+    return d["algo"], d["name"], d["seed"], d["steps"], tuple(d.get("overrides", ()))
+
+
+def _mean_cpu(rows: list[dict]) -> str:
+    cpu = [r["cpu_s"] for r in rows if "cpu_s" in r]
+    return f"{np.mean(cpu):.0f}" if cpu else "-"
+
+
+def games_markdown(doc: dict) -> str:
+    meta, rows = doc["meta"], doc["cells"]
+    random_exp = meta["experiment"] == "random"
+    title = ("QTRAN Table 6 protocol: random 3x3 games, entries U[0, 1)" if random_exp
+             else "QTRAN's two-peak 21x21 game (matrix:qtran21): optimum (5, 15) = 10, lower peak (15, 5) = 5")
+    lines = [f"# {title}", "",
+             f"Each cell: one method trained on one game for {meta['steps']} env steps with the matrix family's packaged "
+             f"defaults{' plus `' + ' '.join(meta['overrides']) + '`' if meta['overrides'] else ''} (one config for every "
+             f"game: epsilon = 1, 32 envs, 8 updates of 32 episodes per iteration, Adam 5e-4), then the agents' greedy "
+             f"joint action is read. {meta['machine']}; {meta['workers']} worker processes. Command: `{meta['command']}`.",
+             "", "| method | games | optimum reached | fraction | mean regret | mean wall s per cell | mean CPU s per cell |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for algo in meta["algos"]:
+        rs = [r for r in rows if r["algo"] == algo]
+        if not rs:
+            continue
+        hit = sum(r["reached"] for r in rs)
+        regret = np.mean([r["best_payoff"] - r["greedy_payoff"] for r in rs])
+        lines.append(f"| {algo} | {len(rs)} | {hit} | {hit / len(rs):.2f} | {regret:.3f} | "
+                     f"{np.mean([r['wall_s'] for r in rs]):.0f} | {_mean_cpu(rs)} |")
+    missed = [r for r in rows if not r["reached"]]
+    lines += ["", "Misses (greedy joint action is not the optimum):", ""]
+    if missed:
+        lines += ["| method | game | seed | greedy | optimum | regret | best - second best | max abs(Q_joint - payoff) |",
+                  "|---|---|---:|---|---|---:|---:|---:|"]
+        for r in missed:
+            lines.append(f"| {r['algo']} | {r['name']} | {r['seed']} | {tuple(r['greedy'])} | {tuple(r['optimum'])} | "
+                         f"{r['best_payoff'] - r['greedy_payoff']:.4f} | {r['top_gap']:.4f} | {r['max_abs_err']:.3f} |")
+    else:
+        lines.append("none")
+    if not random_exp:
+        lines += ["", "| method | seed | greedy | payoff | max abs(Q_joint - payoff) |", "|---|---:|---|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['algo']} | {r['seed']} | {tuple(r['greedy'])} | {r['greedy_payoff']:.2f} | "
+                         f"{r['max_abs_err']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_games(args: argparse.Namespace) -> None:
+    from marlctl.trainer.matrix_runs import run_cells
+
+    out_json = args.out / f"{GAMES_OUT[args.experiment]}.json"
+    cells = games_cells(args)
+    wanted = {_cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
+                         "overrides": c.overrides}) for c in cells}
+    done = json.loads(out_json.read_text())["cells"] if out_json.is_file() else []
+    done = [d for d in done if _cell_key(d) in wanted]  # settings changed: those cells are run again
+    have = {_cell_key(d) for d in done}
+    todo = [c for c in cells if _cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
+                                           "overrides": c.overrides}) not in have]
+    print(f"{len(done)} cells already done, {len(todo)} to run", flush=True)
+    command = "python bench/paper_qtran.py " + " ".join(
+        [f"--experiment {args.experiment}", f"--steps {args.steps}", "--algos", *args.algos]
+        + ([f"--games {args.games}", f"--game-seed {args.game_seed}"] if args.experiment == "random"
+           else ["--seeds", *map(str, args.seeds)]) + [f"--set {o}" for o in args.set] + [f"--workers {args.workers}"])
+    meta = {"experiment": args.experiment, "steps": args.steps, "algos": args.algos, "overrides": args.set,
+            "workers": args.workers, "command": command,
+            "machine": f"{os.cpu_count()} CPU cores (shared with other work), CPU torch, 1 thread per worker"}
+
+    def save() -> None:
+        order = {k: i for i, k in enumerate(_cell_key({"algo": c.algo, "name": c.name, "seed": c.seed,
+                                                        "steps": c.steps, "overrides": c.overrides}) for c in cells)}
+        doc = {"meta": meta, "cells": sorted(done, key=lambda d: order[_cell_key(d)])}
+        atomic_write_text(out_json, json.dumps(doc, indent=1))
+        atomic_write_text(out_json.with_suffix(".md"), games_markdown(doc))
+
+    def on_result(r) -> None:
+        done.append(r.to_dict())
+        save()
+        print(f"{r.algo} {r.name} seed {r.seed}: greedy {tuple(r.greedy)} optimum {tuple(r.optimum)} "
+              f"reached={r.reached} ({r.wall_s:.0f} s)", flush=True)
+
+    run_cells(todo, workers=args.workers, on_result=on_result)
+    save()
+    print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--algos", nargs="+", default=["qtran-base", "qtran-alt", "vdn", "qmix", "ow-qmix", "remix"])
+    p.add_argument("--experiment", choices=["table1", "random", "two-peak"], default="table1")
+    p.add_argument("--algos", nargs="+", default=None,
+                   help="table1: all six methods; random: qtran-alt qtran-base; two-peak: qtran-alt qtran-base vdn qmix")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--updates", type=int, default=8, help="gradient updates per 32 collected episodes")
+    p.add_argument("--updates", type=int, default=8, help="table1: gradient updates per 32 collected episodes")
+    p.add_argument("--games", type=int, default=50, help="random: number of games")
+    p.add_argument("--game-seed", type=int, default=0, help="random: the family of games (random_payoff's seed)")
+    p.add_argument("--set", action="append", default=[], help="random/two-peak: section.key=value for every cell")
+    p.add_argument("--workers", type=int, default=2, help="random/two-peak: worker processes")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()
+    if args.experiment != "table1":
+        args.algos = args.algos or (["qtran-alt", "qtran-base"] if args.experiment == "random"
+                                    else ["qtran-alt", "qtran-base", "vdn", "qmix"])
+        run_games(args)
+        return
+    args.algos = args.algos or ["qtran-base", "qtran-alt", "vdn", "qmix", "ow-qmix", "remix"]
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="paper_qtran_") as tmp:

@@ -5,6 +5,9 @@ untimed warm-up iteration (JAX compiles the batched env, first episodes), then t
 iterations (batched rollout + replay + gradient updates) until ``--steps`` env steps or ``--max-seconds``.
 
     python bench/train_throughput.py --steps 6400 --out bench/results/train_throughput
+
+``x qmix`` is each row's env-steps/s over QMIX's on the same map in the same run (the machine's load
+then weighs on both alike).
 """
 from __future__ import annotations
 
@@ -89,15 +92,18 @@ def to_markdown(rows: list[dict], meta: dict[str, Any], rollout_rows: list[dict]
         f"device {meta['device']}; torch threads {meta['torch_threads']}; machine: {meta['machine']}.",
         f"Config: each algorithm's and env family's defaults plus `{' '.join(meta['overrides']) or '(none)'}`.",
         "",
-        "| algo | env | envs | env steps | updates | wall s | env-steps/s | updates/s | warm-up s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| algo | env | envs | env steps | updates | wall s | env-steps/s | x qmix | updates/s | warm-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    qmix = {r["env_id"]: r["env_steps_per_s"] for r in rows if r.get("algo") == "qmix" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | |")
+            lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | | |")
             continue
+        ratio = f"{r['env_steps_per_s'] / qmix[r['env_id']]:.2f}" if r["env_id"] in qmix else "-"
         lines.append(f"| {r['algo']} | {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['updates']} | "
-                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {r['updates_per_s']:.2f} | {r['warmup_s']} |")
+                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {ratio} | {r['updates_per_s']:.2f} | "
+                     f"{r['warmup_s']} |")
     if rollout_rows:
         lines += ["", "## Rollout alone (epsilon-greedy, one agent-network call per batched step, episodes into replay)",
                   "", "| env | envs | env steps | episodes | wall s | env-steps/s |", "|---|---:|---:|---:|---:|---:|"]
