@@ -25,7 +25,7 @@ from marlctl.serving.config import ServerConfig
 from marlctl.serving.episodes import EpisodeTable
 from marlctl.serving.metrics import ServerMetrics
 from marlctl.serving.model import AgentModel
-from marlctl.serving.rows import RequestError
+from marlctl.serving.rows import Refusal, RequestError, RowValidator
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ class MicroBatcher:
         episode has a row queued (one ONNX Runtime call instead of one each: measured in bench/serving.py)."""
         if self.mode == "off" or (self._auto and not self._pending and not self._running
                                   and len(self._episodes) <= 1):
-            action_B, scores_BA, hidden_BH, dt = await self.decide_rows(
+            action_B, scores_BA, hidden_BH, dt, refused = await self.decide_rows(
                 obs_O[None], np.array([prev_action], np.int64), avail_A[None], hidden_1H, inline=True)
+            if refused is not None:
+                raise RequestError(refused.code, refused.why)
             return int(action_B[0]), scores_BA[0], hidden_BH, dt, 1
         fut = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(obs_O, prev_action, avail_A, hidden_1H, fut))
@@ -102,10 +104,12 @@ class MicroBatcher:
         return await fut
 
     async def decide_rows(self, obs_BO: np.ndarray, prev_B: np.ndarray, avail_BA: np.ndarray, hidden_BH: np.ndarray,
-                          inline: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """The one place that runs ONNX Runtime: ``(action [B], scores [B, A], hidden [B, H], inference_ns)`` in
-        calls of at most ``max_batch`` rows, on the inference thread in ``thread`` mode (unless ``inline``), else on
-        the loop. A failing call raises ``RequestError(INTERNAL)`` for the rows it held; the server goes on."""
+                          inline: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Refusal | None]:
+        """The one place that runs ONNX Runtime: ``(action [B], scores [B, A], hidden [B, H], inference_ns, refused)``
+        in calls of at most ``max_batch`` rows, on the inference thread in ``thread`` mode (unless ``inline``), else
+        on the loop. ``refused``: the rows whose outputs are unusable (``RowValidator.after``, checked here once per
+        batch), or None; their episodes must not advance. A failing call raises ``RequestError(INTERNAL)`` for the
+        rows it held; the server goes on."""
         t0 = time.perf_counter_ns()
         try:
             if obs_BO.shape[0] <= self.config.max_batch:
@@ -120,7 +124,8 @@ class MicroBatcher:
             raise RequestError(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
         dt = time.perf_counter_ns() - t0
         self._inference.observe(dt * 1e-9)
-        return (*out, dt)
+        action_B, scores_BA, hidden_out_BH = out
+        return action_B, scores_BA, hidden_out_BH, dt, RowValidator.after(action_B, scores_BA, hidden_out_BH, avail_BA)
 
     async def _gather_unary(self) -> None:
         """Wait until every live unary episode has a row queued, or ``unary_window_us``."""
@@ -165,7 +170,8 @@ class MicroBatcher:
             hidden_BH = np.concatenate([p.hidden_1H for p in batch])
             self._running = True
             try:
-                action_B, scores_BA, hidden_out_BH, dt = await self.decide_rows(obs_BO, prev_B, avail_BA, hidden_BH)
+                action_B, scores_BA, hidden_out_BH, dt, refused = await self.decide_rows(obs_BO, prev_B, avail_BA,
+                                                                                         hidden_BH)
             except RequestError as err:
                 for p in batch:
                     if not p.future.done():
@@ -173,6 +179,11 @@ class MicroBatcher:
                 continue
             finally:
                 self._running = False
+            bad_B = refused.rows_R if refused is not None else None
             for i, p in enumerate(batch):
-                if not p.future.done():
+                if p.future.done():
+                    continue
+                if bad_B is not None and bad_B[i]:
+                    p.future.set_exception(RequestError(refused.code, refused.why))  # type: ignore[union-attr]
+                else:
                     p.future.set_result((int(action_B[i]), scores_BA[i], hidden_out_BH[i: i + 1], dt, len(batch)))

@@ -248,15 +248,13 @@ class AgentServicer:
     async def _decide_one(self, ep: Episode, obs_O: np.ndarray, avail_A: np.ndarray, t0: int
                           ) -> tuple[int, np.ndarray, int, int, int, int]:
         """Check, decide, advance the episode; ``(action, scores [A], step, decision_ns, inference_ns, batch)``.
-        A refused row (before or after inference) raises ``RequestError`` and leaves the episode as it was.
+        A refused row (before inference here, after it in the batcher) raises ``RequestError`` and leaves the
+        episode as it was.
         A unary row is decided inline when nothing is queued (``MicroBatcher.decide``, ``alone``)."""
         lm: LiveModel = ep.model
         obs_O = lm.rows.check_one(obs_O, avail_A)
         action, scores_A, hidden_1H, inf_ns, batch = await lm.batcher.decide(obs_O, ep.prev_action, avail_A,
                                                                              ep.hidden_1H, alone=ep.unary)
-        bad = RowValidator.after(np.array([action]), scores_A[None], hidden_1H, avail_A[None])
-        if bad is not None:
-            raise RequestError(bad.code, bad.why)
         ep.hidden_1H, ep.prev_action = hidden_1H, action
         step = ep.step
         ep.step += 1
@@ -506,10 +504,9 @@ class AgentServicer:
             if fresh.any():
                 hidden_BH[fresh], prev_B[fresh], step_B[fresh] = 0.0, -1, 0
             avail_BA = avail_RA[idx]
-            action_B, scores_BA, hidden_out_BH, ns = await lm.batcher.decide_rows(obs_RO[idx], prev_B, avail_BA,
-                                                                                  hidden_BH)
+            action_B, scores_BA, hidden_out_BH, ns, bad = await lm.batcher.decide_rows(obs_RO[idx], prev_B, avail_BA,
+                                                                                       hidden_BH)
             inf_ns += ns
-            bad = RowValidator.after(action_B, scores_BA, hidden_out_BH, avail_BA)
             if bad is not None:
                 mask_R = np.zeros(R, bool)
                 mask_R[idx[bad.rows_R]] = True

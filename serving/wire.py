@@ -188,7 +188,7 @@ def _bools(data: bytes, where: dict[int, tuple[int, int]], number: int) -> np.nd
     raw = _array(data, where, number, "u1")
     if raw is None or (raw > 1).any():  # multi-byte bool varints: legal but not canonical
         return None
-    return raw.astype(bool)
+    return raw.view(bool)  # 0/1 bytes are valid bools: no copy
 
 
 def _field(number: int, payload: bytes) -> bytes:
