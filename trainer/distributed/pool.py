@@ -266,7 +266,7 @@ class WorkerPool:
                 if not todo:
                     break
                 self.submit_evaluate(w, todo.pop())
-            if not self.pending:
+            if not self.pending and not self.retry_at:
                 raise WorkerError("no rollout worker is alive to evaluate")
             for task, result in self.wait():
                 if task.call == "evaluate":
