@@ -6,8 +6,9 @@ iterations (batched rollout + replay + gradient updates) until ``--steps`` env s
 
     python bench/train_throughput.py --steps 6400 --out bench/results/train_throughput
 
-``x qmix`` is each row's env-steps/s over QMIX's on the same map in the same run (the machine's load
-then weighs on both alike).
+``x qmix`` is each row's env-steps/s over QMIX's on the same map in the same run. On a shared machine whose
+load moves during the run, wall-clock rates are noise; the timed part's CPU time (this process, all its
+threads) is also recorded, and ``x qmix (CPU)`` compares env steps per CPU second.
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str,
     warm = alg.train_iteration()
     warmup_s = time.perf_counter() - t_build
     env_steps = updates = iterations = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while env_steps < steps and time.perf_counter() - t0 < max_seconds:
         stats = alg.train_iteration()
         env_steps += stats.env_steps
         updates += stats.updates
         iterations += 1
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     close = getattr(alg, "close", None)
     if callable(close):
         close()
@@ -54,6 +55,7 @@ def measure(algo: str, env_id: str, steps: int, max_seconds: float, device: str,
         "algo": algo, "env_id": env_id, "device": str(dev), "num_envs": cfg.env.num_envs,
         "env_steps": env_steps, "updates": updates, "iterations": iterations, "wall_s": round(wall, 3),
         "env_steps_per_s": round(env_steps / wall, 1), "updates_per_s": round(updates / wall, 3),
+        "cpu_s": round(cpu, 3), "env_steps_per_cpu_s": round(env_steps / cpu, 1),
         "warmup_s": round(warmup_s, 2), "warmup_env_steps": warm.env_steps,
         "capped_by_time": env_steps < steps,
     }
@@ -92,18 +94,25 @@ def to_markdown(rows: list[dict], meta: dict[str, Any], rollout_rows: list[dict]
         f"device {meta['device']}; torch threads {meta['torch_threads']}; machine: {meta['machine']}.",
         f"Config: each algorithm's and env family's defaults plus `{' '.join(meta['overrides']) or '(none)'}`.",
         "",
-        "| algo | env | envs | env steps | updates | wall s | env-steps/s | x qmix | updates/s | warm-up s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| algo | env | envs | env steps | updates | wall s | env-steps/s | x qmix | CPU s | env-steps/CPU-s | x qmix (CPU) "
+        "| updates/s | warm-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    qmix = {r["env_id"]: r["env_steps_per_s"] for r in rows if r.get("algo") == "qmix" and "error" not in r}
+    ok = [r for r in rows if "error" not in r]
+    qmix = {r["env_id"]: r for r in ok if r["algo"] == "qmix"}
+
+    def ratio(r: dict, key: str) -> str:
+        q = qmix.get(r["env_id"])
+        return f"{r[key] / q[key]:.2f}" if q and key in r and key in q else "-"
+
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | | |")
+            lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | | | | | |")
             continue
-        ratio = f"{r['env_steps_per_s'] / qmix[r['env_id']]:.2f}" if r["env_id"] in qmix else "-"
         lines.append(f"| {r['algo']} | {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['updates']} | "
-                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {ratio} | {r['updates_per_s']:.2f} | "
-                     f"{r['warmup_s']} |")
+                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {ratio(r, 'env_steps_per_s')} | {r.get('cpu_s', '-')} | "
+                     f"{r.get('env_steps_per_cpu_s', 0):,.0f} | {ratio(r, 'env_steps_per_cpu_s')} | "
+                     f"{r['updates_per_s']:.2f} | {r['warmup_s']} |")
     if rollout_rows:
         lines += ["", "## Rollout alone (epsilon-greedy, one agent-network call per batched step, episodes into replay)",
                   "", "| env | envs | env steps | episodes | wall s | env-steps/s |", "|---|---:|---:|---:|---:|---:|"]
