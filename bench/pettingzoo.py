@@ -359,15 +359,16 @@ def markdown(meta: dict[str, Any], form: dict[str, Any] | None, summary: dict[st
               f"Packaged defaults for `pettingzoo:` ids (trainer/configs/env/pettingzoo*.toml) plus "
               f"`{' '.join(meta['overrides'])}`. Eval: {meta['eval_episodes']} greedy episodes every "
               f"{meta['eval_interval']:,} steps. Return = the sum of the 3 agents' rewards over the 100-step episode (BenchMARL logs the agents' mean: a third of it).",
-              "", "| algorithm | final return (mean) | 95% CI (t, over seeds) | per seed | end-to-end env-steps/s "
-              "(median) | BenchMARL 1.5.2 (issue) | ratio |", "|---|---:|---:|---|---:|---:|---:|"]
+              "", "| algorithm | final return (mean) | 95% CI (t, over seeds) | per seed | updates | end-to-end "
+              "env-steps/s (median) | BenchMARL 1.5.2 (issue) | ratio |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for algo, s in summary.items():
         per_seed = ", ".join(f"{c['final_return']:.1f}" for c in cells if c["algo"] == algo)
         peer = BENCHMARL_QUOTED.get(algo)
         rate = s["env_steps_per_s"]
         ratio = f"{rate / peer:.1f}x" if peer and rate else "-"
+        updates = "/".join(str(c["updates"]) for c in cells if c["algo"] == algo)
         lines.append(f"| {algo} | {s['final_return']:.1f} | [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}] | {per_seed} | "
-                     f"{rate:,.0f} | {f'{peer:.0f}' if peer else '-'} | {ratio} |")
+                     f"{updates} | {rate:,.0f} | {f'{peer:.0f}' if peer else '-'} | {ratio} |")
     lines += ["", f"![curves]({meta['png']})", "", "Curve points (mean return over seeds at each eval):", ""]
     lines_tp = _throughput_lines(meta.get("throughput", {}))
     for algo, s in summary.items():
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-form", action="store_true", help="reuse <out>_form.json instead of measuring")
     ap.add_argument("--form-only", action="store_true", help="measure the batched form only")
     ap.add_argument("--report-only", action="store_true", help="write the report from the finished cells only")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     ap.add_argument("--throughput", default="", help="comma list of ours,benchmarl: only measure training "
                     "env-steps per CPU second (writes <out>_throughput_<which>.json)")
     ap.add_argument("--throughput-steps", type=int, default=12_000)
@@ -477,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             "- BenchMARL figures are the issue's (BenchMARL 1.5.2, packaged defaults, its machine); ratios compare "
             "rates from different machines and are only indicative. End-to-end env-steps/s here includes the "
             "periodic greedy evaluations and checkpoints.",
+            *(f"- {n}" for n in args.note),
         ],
     }
     atomic_write_text(out.with_name(out.name + ".json"),
