@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": args.eval_episodes, "overrides": cell_overrides(args), "png": f"{out.name}.png",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.perf_counter() - t0, 1),
         "machine": f"{os.cpu_count()} CPU cores shared with other jobs, CPU torch, run under nice -n 10",
-        "command": "python bench/pettingzoo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/pettingzoo.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "form_verdict": form_verdict,
         "throughput": {which: json.loads(p.read_text()) for which in ("ours", "benchmarl")
                        if (p := out.with_name(f"{out.name}_throughput_{which}.json")).is_file()},
