@@ -176,19 +176,23 @@ def _length_delimited(data: bytes, fields: int) -> dict[int, tuple[int, int]] | 
     return out
 
 
+_DTYPES = {name: np.dtype(name) for name in ("<f4", "<u4", "<i4")}
+_BOOL = np.dtype(bool)
+
+
 def _array(data: bytes, where: dict[int, tuple[int, int]], number: int, dtype: str) -> np.ndarray | None:
     pos, n = where.get(number, (0, 0))
-    size = np.dtype(dtype).itemsize
-    if n % size:
+    dt = _DTYPES[dtype]
+    if n % dt.itemsize:
         return None
-    return np.frombuffer(data, dtype, n // size, pos)
+    return np.frombuffer(data, dt, n // dt.itemsize, pos)
 
 
 def _bools(data: bytes, where: dict[int, tuple[int, int]], number: int) -> np.ndarray | None:
-    raw = _array(data, where, number, "u1")
-    if raw is None or (raw > 1).any():  # multi-byte bool varints: legal but not canonical
+    pos, n = where.get(number, (0, 0))
+    if data[pos: pos + n].translate(None, b"\x00\x01"):  # multi-byte bool varints: legal but not canonical
         return None
-    return raw.view(bool)  # 0/1 bytes are valid bools: no copy
+    return np.frombuffer(data, _BOOL, n, pos)  # 0/1 bytes are valid bools: no copy
 
 
 def _field(number: int, payload: bytes) -> bytes:
