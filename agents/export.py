@@ -6,7 +6,10 @@ dim, names/dtypes per ``agents.onnx_io``), stamps metadata props, then verifies 
 before anything lands in the model dir: ``onnx.checker``, then ONNX Runtime against PyTorch
 over whole recorded episodes of the real environment (random available actions, recurrent
 state carried separately by each runtime). Files are staged as temp files and moved into
-place with ``os.replace`` only after verification passed; the manifest is written last.
+place with ``os.replace`` only after verification passed; the manifest is written last. Each
+agent's observation range over those verification episodes (``obs_low``/``obs_high`` per feature)
+goes into its ONNX metadata and manifest entry: ``marlctl serve --obs-guard`` refuses or clips
+observations far outside it.
 """
 from __future__ import annotations
 
