@@ -361,7 +361,7 @@ def markdown(meta: dict[str, Any], form: dict[str, Any] | None, summary: dict[st
               f"`{' '.join(meta['overrides'])}`. Eval: {meta['eval_episodes']} greedy episodes every "
               f"{meta['eval_interval']:,} steps. Return = the sum of the 3 agents' rewards over the 100-step episode (BenchMARL logs the agents' mean: a third of it).",
               "", "| algorithm | final return (mean) | 95% CI (t, over seeds) | per seed | updates | end-to-end "
-              "env-steps/s (median) | BenchMARL 1.5.2 (issue) | ratio |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+              "env-steps/s (median) | BenchMARL 1.5.2 (issue, its machine) | ratio (wall clock) |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for algo, s in summary.items():
         per_seed = ", ".join(f"{c['final_return']:.1f}" for c in cells if c["algo"] == algo)
         peer = BENCHMARL_QUOTED.get(algo)
@@ -398,6 +398,7 @@ def _throughput_lines(tp: dict[str, Any]) -> list[str]:
                    f"{'-' if ret is None else f'{ret:.1f}'} |")
     ours = {r["algo"]: r for r in tp.get("ours", {}).get("rows", []) if "error" not in r}
     peer = {r["algo"]: r for r in tp.get("benchmarl", {}).get("rows", []) if "error" not in r}
+    out.append("")
     for algo in sorted(set(ours) & set(peer)):
         out.append(f"- {algo}: marlctl {ours[algo]['env_steps_per_cpu_s'] / peer[algo]['env_steps_per_cpu_s']:.1f}x "
                    "BenchMARL's env steps per CPU second")
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     atomic_write_text(out.with_name(out.name + ".json"),
                       json.dumps({"meta": meta, "form": form, "summary": summary, "cells": cells}, indent=1) + "\n")
-    plot(summary, out.with_name(out.name + ".png"), f"{ENV_ID}, {args.steps:,} env steps, mean and 95% CI")
+    plot(summary, out.with_name(out.name + ".png"), f"{ENV_ID}\n{args.steps:,} env steps per run, mean over seeds and 95% t-CI")
     atomic_write_text(out.with_name(out.name + ".md"), markdown(meta, form, summary, cells))
     print(f"wrote {out}.{{json,md,png}} in {meta['wall_s']:.0f} s")
     return 0
