@@ -284,7 +284,7 @@ def speedup_model(coll: dict[str, Any], ing: dict[str, Any], loops: list[dict[st
     pred = {str(w): round(min(w * per_worker, ceiling) / local, 2) for w in W_MODEL}
     saturate = ceiling / per_worker
     return {"env_id": coll["env_id"], "local_loop_env_steps_per_s": local, "per_worker_env_steps_per_s": per_worker,
-            "ingest_ceiling_env_steps_per_s": ceiling, "learner_saturates_at_workers": round(saturate, 1),
+            "ingest_ceiling_env_steps_per_s": ceiling, "learner_saturates_at_workers": float(f"{saturate:.2g}"),
             "predicted_speedup": pred}
 
 
@@ -314,8 +314,9 @@ def plot(models: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lines = [f"# Ray rollout workers ({res['machine']}, load average {res['load_average']})", "",
-             f"Command: `{res['command']}`", ""]
+    lines = [f"# Ray rollout workers ({res['machine']})", "", "Commands, in order (each section keeps the figures of "
+             "the command that measured it):", ""]
+    lines += [f"- `{c}`" for c in res["commands"]] + [""]
     if res.get("collection"):
         lines += ["## Collection (one worker's task loop, median of rounds)", "",
                   "| env | envs/worker | bare env-steps/s | 1 Ray worker | ratio (target >= 0.9) | 2 Ray workers | 2/1 |",
@@ -384,7 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     previous = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
-    res: dict[str, Any] = {**previous, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    earlier = previous.get("commands", [previous["command"]] if "command" in previous else [])
+    previous.pop("command", None)
+    res: dict[str, Any] = {**previous, "commands": [*earlier, f"{command}  (load average {os.getloadavg()[0]:.1f})"],
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                            "load_average": round(os.getloadavg()[0], 1)}
     args.runs.mkdir(parents=True, exist_ok=True)
