@@ -372,6 +372,12 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(old: list[dict[str, Any]] | None, new: list[dict[str, Any]], keys: tuple[str, ...] = ("env_id",)) -> list:
+    """Rows of an earlier run of this section replaced by this run's rows of the same cell (others kept)."""
+    fresh = {tuple(r[k] for k in keys) for r in new}
+    return [r for r in old or [] if tuple(r[k] for k in keys) not in fresh] + new
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/distributed"))
@@ -395,12 +401,13 @@ def main(argv: list[str] | None = None) -> None:
     if {"collection", "ingest"} & set(args.sections):
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         if "collection" in args.sections:
-            res["collection"] = [collection(e, args.rounds, args.tasks) for e in args.envs]
+            res["collection"] = merge(res.get("collection"), [collection(e, args.rounds, args.tasks) for e in args.envs])
         if "ingest" in args.sections:
-            res["ingest"] = [ingest(e, 30 if e.startswith("smax") else 60) for e in args.envs]
+            res["ingest"] = merge(res.get("ingest"), [ingest(e, 30 if e.startswith("smax") else 60) for e in args.envs])
         ray.shutdown()
     if "loop" in args.sections:
-        res["loop"] = [loop(e, w, ENVS[e]["loop_steps"], args.runs) for e in args.envs for w in (0, 1, 2)]
+        res["loop"] = merge(res.get("loop"), [loop(e, w, ENVS[e]["loop_steps"], args.runs) for e in args.envs
+                                              for w in (0, 1, 2)], keys=("env_id", "workers"))
     if "model" in args.sections and res.get("collection") and res.get("ingest") and res.get("loop"):
         res["model"] = [speedup_model(c, next(i for i in res["ingest"] if i["env_id"] == c["env_id"]),
                                       [r for r in res["loop"] if r["env_id"] == c["env_id"]])
