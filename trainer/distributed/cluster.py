@@ -51,8 +51,8 @@ def connect(address: str, timeout_s: float) -> Callable[[], None]:
         return lambda: None
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
               "configure_logging": True}
-    if address == "local":
-        ray.init(**kwargs)
+    if address == "local":  # a new instance even where `ray start` or another job already runs one
+        ray.init(address="local", **kwargs)
     else:
         if address != "auto":
             check_reachable(address, timeout_s)
