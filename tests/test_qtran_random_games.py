@@ -3,10 +3,11 @@
 One config for every game: the matrix family's packaged defaults (epsilon = 1, 32 envs, 8 updates of
 32 episodes per iteration, Adam 5e-4) and the Table 1 budget of 20,000 env steps. The games are
 generated here (``random_payoff``: entries U[0, 1)). Cells run two at a time in worker processes
-(``trainer.matrix_runs``). This CI test trains a seeded subset (the first games of the family, both
-variants); the full 50-game check at the same settings is ``bench/paper_qtran.py --experiment random``
-(results in ``bench/results/paper_qtran_random.md``), which must reach the optimum on >= 95% of games.
-CPU: about 20 s per cell, six cells on two workers.
+(``trainer.matrix_runs``). The 50-game check does not fit CI (100 cells of 20-35 CPU-s each): it is
+``bench/paper_qtran.py --experiment random`` (results in ``bench/results/paper_qtran_random.md``; target
+>= 95% of games for each variant). CI trains a seeded subset at the same settings: game 0 of the
+benchmark's family and the two-peak game, both variants (four cells, about 160 CPU-s on two workers).
+Before the L_nopt_min fix QTRAN-alt ended at (5, 12), payoff 1, on the two-peak game.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from marlctl.trainer.matrix_runs import Cell, payoff_tuple, random_payoff, run_cells
 
 STEPS = 20_000  # the Table 1 budget (QTRAN appendix C, Table 3)
-CI_GAMES = 2  # games 0..CI_GAMES-1 of the family used by the benchmark (seed of cell g = g)
+CI_GAMES = 1  # games 0..CI_GAMES-1 of the family used by the benchmark (seed of cell g = g)
 GLOBAL = (5, 15)  # matrix:qtran21: R = 10 there; the lower peak (15, 5) pays 5
 
 
