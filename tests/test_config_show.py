@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from marlctl.cli.app import app
 from marlctl.trainer.config import CONFIG_DIR, ConfigLayer, env_family, packaged_layers, resolve_layers
 from marlctl.trainer.registry import ALGORITHMS, algorithm_spec
+from typer.testing import CliRunner
 
-MARLCTL = [sys.executable, "-m", "marlctl.cli.app"]
 
-
-def marlctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*MARLCTL, *args], capture_output=True, text=True, timeout=300,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+def marlctl(*args: str) -> SimpleNamespace:
+    """The real `marlctl` app, in process (no interpreter start per call): exit code, stdout, stderr."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def _applies_to(path: Path) -> list[tuple[str, str]]:
