@@ -135,12 +135,12 @@ def test_transformed_discount_is_gamma_to_the_one_over_n() -> None:
     ro.values.zero_()
     ro.next_values.zero_()
     flat = interleave_virtual_steps(ro.rewards, ro.values, ro.next_values[:, :, 0], ro.terminated, ro.ended)
-    adv, _ = gae(*flat, gamma=algo.opts.gamma ** (1 / algo.N), lam=1.0)
+    adv, _ = gae(*flat, gamma=algo.cfg.learner.gamma ** (1 / algo.N), lam=1.0)
     adv_TBN = deinterleave(adv, algo.N)
     # With zero values, agent 0's advantage at t is the discounted (gamma per env step) return from t.
     expected, _ = gae(ro.rewards, torch.zeros_like(ro.rewards), torch.zeros_like(ro.rewards), ro.terminated,
-                      ro.ended, gamma=algo.opts.gamma, lam=1.0)
-    np.testing.assert_allclose((adv_TBN[:, :, 0] / algo.opts.gamma ** ((algo.N - 1) / algo.N)).numpy(),
+                      ro.ended, gamma=algo.cfg.learner.gamma, lam=1.0)
+    np.testing.assert_allclose((adv_TBN[:, :, 0] / algo.cfg.learner.gamma ** ((algo.N - 1) / algo.N)).numpy(),
                                expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
