@@ -272,7 +272,7 @@ def grf_long(runs: Path, steps: int, workers: int, out_png: Path, run: bool) -> 
         plot_runs([run_dir], out_png, title=f"MAPPO, {workers} Ray workers, {GRF_ENV}")
     return {"run_dir": str(run_dir), "started": True, "target_steps": steps, "env_steps": last,
             "finished": any(e["event"] == "end" and e["env_steps"] >= steps for e in events),
-            "evals": [{"env_steps": s, "return": r, "win_rate": w} for s, r, w in evals]}
+            "evals": [{"env_steps": s, "return": r, "win_rate": w} for s, r, w in evals], "png": out_png.name}
 
 
 # ------------------------------------------------------------------ model, report
@@ -368,7 +368,7 @@ def markdown(res: dict[str, Any]) -> str:
         if g["evals"]:
             lines += ["| env steps | eval return | eval win rate |", "|---:|---:|---:|"]
             lines += [f"| {e['env_steps']:,} | {e['return']:.3g} | {e['win_rate']:.3g} |" for e in g["evals"]]
-            lines += ["", "![GRF curve](distributed_grf.png)"]
+            lines += ["", f"![GRF curve]({g.get('png', 'distributed_grf.png')})"]
     return "\n".join(lines) + "\n"
 
 
