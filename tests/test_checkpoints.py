@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from kill_resume import kill_and_resume
 from marlctl.trainer.config import load_config
 from marlctl.trainer.errors import CheckpointError
 from marlctl.trainer.run import resume_run, train_run
@@ -74,26 +71,9 @@ def test_kill_9_at_random_moments_then_resume_finishes_with_a_consistent_replay(
            "--steps", str(steps), "--device", "cpu", "--out", str(run)]
     for item in ["run.progress=false", "run.eval_interval=0", "run.save_interval=256", "run.keep_checkpoints=1"]:
         cmd += ["--set", item]
-    env = {**os.environ, "COLUMNS": "200"}
-    rng = random.Random(7)
-    kills = 0
-    for attempt in range(4):
-        argv = cmd if attempt == 0 else [*cmd[:3], "train", "--resume", str(run)]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "latest.pt").is_file() and proc.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
-        if proc.poll() is None and attempt < 3:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        err = proc.communicate(timeout=300)[1].decode()
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-    assert proc.returncode == 0, err
-    assert kills >= 1, "the run ended before any kill: nothing was tested"
+    resume = [*cmd[:3], "train", "--resume", str(run)]
+    kill_and_resume(lambda start: cmd if start == 0 else resume, run / "checkpoints" / "latest.pt",
+                    random.Random(7), starts=4, max_delay_s=1.5)
     latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     files = _ckpts(run)
     assert latest["env_steps"] == latest["run"]["env_steps"] >= steps

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kill_resume import kill_and_resume
 from marlctl.envs import env_spec
 from marlctl.trainer.config import load_config
 from marlctl.trainer.distributed.errors import VersionMismatchError, WorkerError
@@ -182,31 +183,18 @@ def test_kill_9_of_the_learner_at_random_moments_then_resume_with_other_worker_c
     for item in ["run.progress=false", "run.eval_interval=0", "run.eval_episodes=4", "run.save_interval=256",
                  "run.keep_checkpoints=1"]:
         first += ["--set", item]
-    env = {**os.environ, "COLUMNS": "200"}
-    rng = random.Random(11)
-    kills, resumed_with = 0, []
-    latest_pt = run / "checkpoints" / "latest.pt"
-    for attempt in range(3):
-        workers = 2 if attempt == 0 else 2 - attempt % 2  # 2, then 1, then 2 again
-        argv = first if attempt == 0 else [*base, "--resume", str(run), "--rollout-workers", str(workers)]
-        if attempt:
-            resumed_with.append(workers)
-        before = latest_pt.stat().st_mtime_ns if latest_pt.exists() else 0
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 180
-        while (not latest_pt.exists() or latest_pt.stat().st_mtime_ns == before) and proc.poll() is None:
-            assert time.monotonic() < deadline, "no new checkpoint within 180 s"
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None and attempt < 2:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        err = proc.communicate(timeout=300)[1].decode()
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-    assert proc.returncode == 0, err
-    assert kills >= 1, "the run ended before any kill: nothing was tested"
+    resumed_with: list[int] = []
+
+    def argv(start: int) -> list[str]:
+        if start == 0:
+            return first
+        workers = 2 - start % 2  # 2, then 1, then 2 again
+        resumed_with.append(workers)
+        return [*base, "--resume", str(run), "--rollout-workers", str(workers)]
+
+    kill_and_resume(argv, run / "checkpoints" / "latest.pt", random.Random(11), starts=3, max_delay_s=1.0,
+                    checkpoint_timeout_s=180)
+    workers = resumed_with[-1] if resumed_with else 2
     latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert latest["env_steps"] == latest["run"]["env_steps"] >= steps
     assert latest["replay"]["episodes_added"] == latest["run"]["episodes"] == latest["env_steps"]  # one-step episodes
