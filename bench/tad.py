@@ -4,6 +4,7 @@
     python bench/tad.py curves  --tag value --algos vdn,qmix,qtran-base,ow-qmix   (the value methods' curves)
     python bench/tad.py winrate --out bench/results/tad [--envs smax:3m] [--steps 20000] [--points 5]
     python bench/tad.py timing  --out bench/results/tad [--envs smax:3m,smax:10m_vs_11m] [--iterations 5]
+    python bench/tad.py distill --out bench/results/tad [--seeds 0,1,...,9]   (Eq. 6 sample vs greedy targets)
     python bench/tad.py report  --out bench/results/tad
 
 Every section writes ``<out>/<section>.json``; ``report`` renders ``<out>/tad.md`` and ``<out>/*.png`` from
@@ -109,6 +110,53 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+DISTILL_TARGETS = ("sample", "greedy")
+
+
+def distill(args: argparse.Namespace) -> dict[str, Any]:
+    """matrix:tad10 trained to the end of the packaged entropy anneal with each distillation target: Eq. 6's
+    sampled joint actions or the coordination policy's greedy one. Per seed: the greedy return of the joint
+    policy (TAD-PPO-T) and of the distilled decentralized agents, over enough episodes (640) that every one of
+    the ten matrices is played (a mean of 10 means the optimum on all ten). Resumable: finished cells of the
+    JSON are kept and skipped."""
+    path = args.out / "distill.json"
+    out = _load(path) or {"env": "matrix:tad10", "eval_episodes": 640, "runs": []}
+    done = {(r["target"], r["seed"]) for r in out["runs"]}
+    for seed in args.seeds:
+        for target in DISTILL_TARGETS:
+            if (target, seed) in done:
+                continue
+            a, _ = build("tad-ppo", "matrix:tad10", seed, [*args.set, f"algo.distill_target={target}"])
+            t0 = time.perf_counter()
+            while a.env_steps < a.opts.entropy_anneal_steps:
+                a.train_iteration()
+            ev = a.evaluate(out["eval_episodes"])
+            out["runs"].append({"target": target, "seed": seed, "env_steps": a.env_steps,
+                                "joint_return": ev["eval/joint_return"], "return": ev["eval/return"],
+                                "wall_s": time.perf_counter() - t0})
+            print(f"distill {target} seed {seed}: joint {ev['eval/joint_return']:.2f} distilled "
+                  f"{ev['eval/return']:.2f} ({out['runs'][-1]['wall_s']:.0f} s)", flush=True)
+            atomic_write_text(path, json.dumps(out, indent=1))
+    return out
+
+
+def _distill_section(dis: dict[str, Any]) -> list[str]:
+    lines = [f"## Distillation target on {dis['env']} (greedy return per matrix, mean of {dis['eval_episodes']} "
+             "episodes; 10 = the optimum on all ten)", "",
+             f"Command: `python bench/tad.py {' '.join(dis.get('argv', []))}`", "",
+             "| target | seeds | joint (TAD-PPO-T) | distilled (TAD-PPO) | seeds with distilled < joint |",
+             "|---|---|---|---|---|"]
+    for target in DISTILL_TARGETS:
+        runs = sorted((r for r in dis["runs"] if r["target"] == target), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        short = [r["seed"] for r in runs if r["return"] < r["joint_return"] - 1e-6]
+        joint = " ".join(f"{r['joint_return']:.2f}" for r in runs)
+        dec = " ".join(f"{r['return']:.2f}" for r in runs)
+        lines.append(f"| {target} | {len(runs)} | {joint} | {dec} | {short or 'none'} |")
+    return [*lines, ""]
+
+
 def report(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -195,6 +243,9 @@ def _rest(args: argparse.Namespace, lines: list[str], plt: Any, np: Any) -> None
         lines.append("Wall time per run (CPU, one torch thread): " + "; ".join(
             f"{env} {algo} {np.mean(w):.0f} s" for (env, algo), w in walls.items()) + ".")
         lines.append("")
+    dis = _load(args.out / "distill.json")
+    if dis and dis["runs"]:
+        lines += _distill_section(dis)
     tim = _load(args.out / "timing.json")
     if tim:
         lines += [f"## Training-time breakdown, TAD-PPO / MAPPO per env step ({tim['iterations']} iterations)", "",
@@ -219,7 +270,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", choices=["curves", "winrate", "timing", "report"])
+    p.add_argument("section", choices=["curves", "winrate", "timing", "distill", "report"])
     p.add_argument("--out", type=Path, default=Path("bench/results/tad"))
     p.add_argument("--envs", type=lambda s: s.split(";") if ";" in s else s.split(","), default=None,
                    help="env ids, comma-separated (use ; when an id has options)")
@@ -240,12 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     defaults = {"curves": ["matrix:tad10", "hallway"], "winrate": ["smax:3m", "grf:academy_3_vs_1_with_keeper"],
-                "timing": ["smax:3m", "smax:10m_vs_11m"]}
+                "timing": ["smax:3m", "smax:10m_vs_11m"], "distill": ["matrix:tad10"]}
     if args.section == "report":
         report(args)
         return 0
     args.envs = args.envs or defaults[args.section]
-    result = {"curves": curves, "winrate": curves, "timing": timing}[args.section](args)
+    result = {"curves": curves, "winrate": curves, "timing": timing, "distill": distill}[args.section](args)
     result["argv"] = sys.argv[1:]
     name = f"{args.section}_{args.tag}" if args.tag else args.section
     atomic_write_text(args.out / f"{name}.json", json.dumps(result, indent=1))
