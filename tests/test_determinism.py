@@ -3,7 +3,9 @@
 For each algorithm on a didactic game (one-step ``matrix`` games with feed-forward agents, and
 ``hallway`` with recurrent agents unrolled over time), the first three training iterations that
 make updates are run from seed 0 and every ``loss/*`` metric is compared with the values recorded
-in ``tests/snapshots/first_losses.json`` (to 1e-6). The snapshot was recorded before the trainer
+in ``tests/snapshots/first_losses.json`` (to 1e-5 relative: float sums differ in their last bits between
+CPUs - ReMIX's third loss on matrix:qtran moved by 1.2e-6 on another machine - while any change of what is
+computed moves a loss by far more). The snapshot was recorded before the trainer
 consolidation of issue 14 and guards it: a refactor that changes what is computed fails here.
 A deliberate change of a loss (a fix against the paper) re-records the snapshot in the same
 commit that says why: ``MARLCTL_RECORD_SNAPSHOT=1 pytest tests/test_determinism.py``.
@@ -65,4 +67,4 @@ def test_first_three_losses_match_the_snapshot(algo: str, env_id: str, one_threa
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert sorted(g) == sorted(w), f"iteration {i}: loss terms {sorted(g)} vs snapshot {sorted(w)}"
         for k in w:
-            assert g[k] == pytest.approx(w[k], rel=1e-6, abs=1e-6), f"iteration {i}: {k}"
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), f"iteration {i}: {k}"
