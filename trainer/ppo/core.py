@@ -195,6 +195,7 @@ class RecurrentPPOBase:
         self._eval_envs: dict[int, Any] = {}
         self.iteration = 0
         self.env_steps = 0
+        self.evals = 0  # evaluations so far: each one plays episodes of its own seed
         self._current: BatchStep | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -398,7 +399,7 @@ class RecurrentPPOBase:
         env = self._eval_envs[E]
         quota = np.full(E, n_episodes // E) + (np.arange(E) < n_episodes % E)
         done_count = np.zeros(E, dtype=np.int64)
-        cur = env.reset(seed=derive_seed(self.seed, 3))
+        cur = env.reset(seed=derive_seed(self.seed, 3, self.evals))
         hidden = self._decentralized().initial_hidden(E * self.N, self.device).view(E, self.N, -1)
         prev = torch.full((E, self.N), -1, dtype=torch.int64, device=self.device)
         ep_ret, ep_len = np.zeros(E), np.zeros(E, dtype=np.int64)
@@ -429,7 +430,9 @@ class RecurrentPPOBase:
     def evaluate(self, n_episodes: int) -> dict[str, float]:
         """Greedy decentralized execution: every agent acts on its own observation and history only."""
         self.actor.eval()
-        return {f"eval/{k}": v for k, v in self._run_eval(n_episodes, "greedy").items()}
+        out = {f"eval/{k}": v for k, v in self._run_eval(n_episodes, "greedy").items()}
+        self.evals += 1
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, value normalizer, sampling RNG and counters. A resumed run starts fresh
@@ -440,6 +443,7 @@ class RecurrentPPOBase:
             "value_norm": clone_state_dict(self.value_norm), "obs_stats": clone_state_dict(self.obs_stats),
             "state_stats": clone_state_dict(self.state_stats), "generator": self.generator.get_state().cpu(),
             "torch_rng": torch.get_rng_state(), "iteration": self.iteration, "env_steps": self.env_steps,
+            "evals": self.evals,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -453,6 +457,7 @@ class RecurrentPPOBase:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self.evals = int(state.get("evals", 0))  # checkpoints written before evals were counted
         self._current = None
 
     def agent_bundle(self) -> dict[str, Any]:

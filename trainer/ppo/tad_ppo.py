@@ -204,7 +204,8 @@ class TADPPO(RecurrentPPOBase):
 
     def evaluate(self, n_episodes: int) -> dict[str, float]:
         """TAD-PPO (distilled, decentralized: ``eval/return``, ``eval/win_rate``), TAD-PPO-T (the joint
-        coordination policy, sequential and greedy: ``eval/joint_*``) and the gap joint - decentralized."""
+        coordination policy, sequential and greedy: ``eval/joint_*``) and the gap joint - decentralized, both on
+        this evaluation's seeds (a new set per evaluation, as for the value methods)."""
         self.actor.eval()
         dec = self._run_eval(n_episodes, "greedy")
         joint = self._run_eval(n_episodes, "joint")
@@ -212,6 +213,7 @@ class TADPPO(RecurrentPPOBase):
         out.update({f"eval/joint_{k}": v for k, v in joint.items()})
         out["eval/gap_return"] = joint["return"] - dec["return"]
         out["eval/gap_win_rate"] = joint["win_rate"] - dec["win_rate"]
+        self.evals += 1  # both policies played the same seeds: the gap is paired
         return out
 
 
