@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # test.sh - set everything up (idempotent), then run the whole pytest suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envs`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envs`). The test modules run in parallel, one
+# module per worker process (pytest-xdist, --dist loadfile: a module's fixtures are built once); the number of
+# workers is the number of cores, at most 4, or MARLCTL_TEST_WORKERS (0 = everything in this process).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 export PATH="$ROOT/.venv/bin:$PATH"
 set +e
-python -m pytest -p no:cacheprovider "$@"
+workers="${MARLCTL_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+python -m pytest -p no:cacheprovider -n "$workers" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -13,3 +13,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with ``slow`` tests first, each module's tests kept together and in order: with parallel
+    workers (``pytest -n N --dist loadfile``, as scripts/test.sh runs) the long modules start at once instead
+    of leaving one worker busy alone at the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
+    items.sort(key=lambda item: (item.module.__name__ if item.module else "") not in slow)
