@@ -33,6 +33,11 @@ from rich.console import Console
 ray = pytest.importorskip("ray")
 
 QUIET = Console(quiet=True)
+# A slow module: scheduled first (tests/conftest.py), so under pytest-xdist its Ray head starts in a fresh worker
+# process. Seen once in a worker that had run other modules first (gRPC threads live in it): the head's GCS
+# server wrote no log and no port file within Ray's 30 s.
+pytestmark = pytest.mark.slow
+
 # matrix:qtran as in test_qtran_matrix.py: 32 one-step episodes per iteration, 8 updates per iteration.
 QTRAN = ["env.num_envs=32", "learner.updates_per_iteration=8", "run.eval_interval=0", "run.eval_episodes=8",
          "run.progress=false", "run.save_interval=0", "mixer.joint_embed_dim=32"]
