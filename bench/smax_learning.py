@@ -1,25 +1,31 @@
-"""Win rate vs env steps of every algorithm on one SMAX map at one stated budget: JSON + Markdown + PNG.
+"""Win rate vs env steps of every algorithm on SMAX maps, several seeds, at a stated budget: JSON + Markdown + PNG.
 
-Each algorithm is trained with ``marlctl train``'s own entry point (same config layers, real run dirs under
-``--runs``), evaluated greedily every ``--eval-interval`` env steps; the eval points of each run's
-``log.jsonl`` are collected into one table and one learning-curve figure (``marlctl plot``).
+Each (map, algorithm, seed) cell is one real ``marlctl train`` run dir under ``--runs`` (same config layers as
+the CLI), evaluated greedily every ``--eval-interval`` env steps. Resumable: a cell whose run ended is read
+back, one with a checkpoint is resumed, the rest start fresh - rerunning the same command finishes the grid.
+The report gives, per algorithm and eval point, the median win rate over seeds with a 95% bootstrap interval
+(resampling seeds; with 3 seeds it is coarse), the final median, and the wall time per run.
 
-    python bench/smax_learning.py --env smax:3m --steps 50000 --out bench/results/smax_learning
+    python bench/smax_learning.py --envs "smax:3m,smac=1" --steps 200000 --seeds 0,1,2 \\
+        --out bench/results/smax_learning_3m_200k
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from marlctl.agents.files import atomic_write_text
 
+BOOTSTRAP = 10_000
 
-def eval_points(run_dir: Path) -> list[dict]:
+
+def eval_points(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
@@ -29,70 +35,145 @@ def eval_points(run_dir: Path) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _ended(run_dir: Path, steps: int) -> dict[str, Any] | None:
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    for line in reversed(log.read_text().splitlines()):
+        rec = json.loads(line)
+        if rec.get("event") == "end":
+            return rec if rec["env_steps"] >= steps else None
+    return None
+
+
+def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume, or read back) one cell; its row carries the eval curve and the wall time of its run."""
     from marlctl.trainer.config import load_config
-    from marlctl.trainer.plot import plot_runs
-    from marlctl.trainer.registry import ALGORITHMS
-    from marlctl.trainer.run import train_run
+    from marlctl.trainer.run import resume_run, train_run
     from rich.console import Console
 
+    console = Console(stderr=True)
+    wall_file = run_dir / "bench_wall_s.json"
+    if _ended(run_dir, args.steps) is None:
+        t0 = time.perf_counter()
+        before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+        if (run_dir / "checkpoints" / "latest.pt").is_file():
+            resume_run(run_dir, steps=args.steps, console=console)
+        else:
+            if run_dir.exists():  # started but never checkpointed: nothing to resume
+                import shutil
+
+                shutil.rmtree(run_dir)
+            cfg = load_config(algo, env_id, overrides=[
+                f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
+                "run.progress=false", *args.overrides], steps=args.steps, seed=seed, device=args.device)
+            train_run(cfg, run_dir, console=console)
+        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0}))
+    end = _ended(run_dir, args.steps) or {}
+    return {"env": env_id, "algo": algo, "seed": seed, "env_steps": end.get("env_steps"),
+            "updates": end.get("updates"), "wall_s": json.loads(wall_file.read_text())["wall_s"],
+            "curve": eval_points(run_dir), "run_dir": str(run_dir)}
+
+
+def median_ci(values: list[float], rng: np.random.Generator) -> tuple[float, float, float]:
+    """Median over seeds and its 95% bootstrap interval (seeds resampled with replacement)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 1:
+        return float(x[0]), float(x[0]), float(x[0])
+    meds = np.median(rng.choice(x, size=(BOOTSTRAP, len(x)), replace=True), axis=1)
+    return float(np.median(x)), float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+def report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    md = [f"# Win rate vs env steps on SMAX (budget {meta['steps']:,} env steps, seeds {meta['seeds']})", "",
+          f"Command: `python bench/smax_learning.py {' '.join(meta['argv'])}` (commit {meta['commit']}, "
+          f"{meta['cpus']} CPU cores, CPU torch, one thread)", "",
+          f"Greedy evaluation every {meta['eval_interval']:,} env steps over {meta['eval_episodes']} episodes; "
+          f"config = algorithm/env defaults plus `{' '.join(meta['overrides']) or '(none)'}`. Median win rate over "
+          "seeds [95% bootstrap interval]; a cell missing from the grid did not finish.", ""]
+    for env_id in meta["envs"]:
+        env_rows = [r for r in rows if r["env"] == env_id and "error" not in r]
+        md += [f"## {env_id}", "", "| algo | seeds | final win rate | final return | wall s per run (median) | "
+               "win rate at eval points |", "|---|---:|---|---:|---:|---|"]
+        for algo in meta["algos"]:
+            cells = [r for r in env_rows if r["algo"] == algo and r["curve"]]
+            if not cells:
+                continue
+            n_points = min(len(r["curve"]) for r in cells)
+            pts = []
+            for k in range(n_points):
+                med, lo, hi = median_ci([r["curve"][k]["win_rate"] or 0.0 for r in cells], rng)
+                pts.append(f"{cells[0]['curve'][k]['env_steps'] // 1000}k: {med:.2f} [{lo:.2f}, {hi:.2f}]")
+            fin, flo, fhi = median_ci([r["curve"][-1]["win_rate"] or 0.0 for r in cells], rng)
+            ret = float(np.median([r["curve"][-1]["return"] or 0.0 for r in cells]))
+            wall = float(np.median([r["wall_s"] for r in cells]))
+            md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {wall:.0f} | "
+                      f"{'; '.join(pts)} |")
+        for r in rows:
+            if r["env"] == env_id and "error" in r:
+                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | |")
+        md.append("")
+    return md
+
+
+def _commit() -> str:
+    """The checkout's commit (packaged defaults change over time: "defaults" means those of this commit)."""
+    import subprocess
+
+    p = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                       cwd=Path(__file__).parent)
+    return p.stdout.strip() if p.returncode == 0 else "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from marlctl.trainer.plot import plot_runs
+    from marlctl.trainer.registry import ALGORITHMS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default="smax:3m")
-    ap.add_argument("--algos", default=",".join(sorted(ALGORITHMS)))
-    ap.add_argument("--steps", type=int, default=50_000)
-    ap.add_argument("--eval-interval", type=int, default=10_000)
+    ap.add_argument("--envs", default="smax:3m,smac=1", help="env ids, separated by ; (ids hold commas)")
+    ap.add_argument("--algos", default="qmix,vdn,qtran-base,qtran-alt,ow-qmix,remix,mappo,tad-ppo")
+    ap.add_argument("--steps", type=int, default=200_000)
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--eval-interval", type=int, default=20_000)
     ap.add_argument("--eval-episodes", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    ap.add_argument("--runs", default="/tmp/marlctl_smax_learning", help="where the run dirs go (replaced)")
+    ap.add_argument("--runs", default="bench/results/tmp/smax_learning", help="run dirs, one per cell (kept)")
     ap.add_argument("--out", default="bench/results/smax_learning", help="path prefix of .json/.md/.png")
     args = ap.parse_args(argv)
-    runs = Path(args.runs)
-    console = Console(stderr=True)
+    envs, algos = args.envs.split(";"), args.algos.split(",")
+    unknown = [a for a in algos if a not in ALGORITHMS]
+    if unknown:
+        ap.error(f"unknown --algos {unknown}; valid: {', '.join(sorted(ALGORITHMS))}")
+    import torch
+
+    torch.set_num_threads(1)
+    tag = "_".join(a.replace(":", "-").replace(",", "-").replace("=", "") for a in args.overrides) or "defaults"
     rows = []
-    for algo in args.algos.split(","):
-        run_dir = runs / algo
-        shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        try:
-            cfg = load_config(algo, args.env, overrides=[
-                f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
-                "run.progress=false", "run.checkpoint_buffer=false", *args.overrides],
-                steps=args.steps, seed=args.seed, device=args.device)
-            summary = train_run(cfg, run_dir, console=console)
-            row = {"algo": algo, "env_id": args.env, "env_steps": summary.env_steps, "updates": summary.updates,
-                   "wall_s": round(time.perf_counter() - t0, 1), "curve": eval_points(run_dir),
-                   "final_win_rate": summary.last_eval.get("eval/win_rate"),
-                   "final_return": summary.last_eval.get("eval/return"), "run_dir": str(run_dir)}
-        except Exception as exc:  # noqa: BLE001 - one failing algorithm must not hide the others
-            row = {"algo": algo, "env_id": args.env, "error": f"{type(exc).__name__}: {exc}"[:200]}
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    for env_id in envs:
+        for algo in algos:
+            for seed in args.seeds:
+                run_dir = Path(args.runs) / f"{env_id.replace(':', '_').replace(',', '_').replace('=', '')}" \
+                    / f"{args.steps}_{tag}" / algo / f"seed{seed}"
+                try:
+                    row = run_cell(env_id, algo, seed, run_dir, args)
+                except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
+                    row = {"env": env_id, "algo": algo, "seed": seed, "error": f"{type(exc).__name__}: {exc}"[:200]}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"env": args.env, "steps": args.steps, "eval_interval": args.eval_interval,
-            "eval_episodes": args.eval_episodes, "seed": args.seed, "overrides": args.overrides,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count()}
-    md = [f"# Win rate vs env steps on {args.env} (budget {args.steps:,} env steps, seed {args.seed})", "",
-          f"Greedy evaluation every {args.eval_interval:,} steps over {args.eval_episodes} episodes; "
-          f"config = algorithm/env defaults plus `{' '.join(args.overrides) or '(none)'}`.", "",
-          "| algo | final win rate | final return | updates | wall s | win rate at eval points |",
-          "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        if "error" in r:
-            md.append(f"| {r['algo']} | error: {r['error']} | | | | |")
-            continue
-        pts = ", ".join(f"{p['env_steps'] // 1000}k: {p['win_rate']:.2f}" for p in r["curve"]
-                        if p["win_rate"] is not None)
-        md.append(f"| {r['algo']} | {r['final_win_rate']:.3f} | {r['final_return']:.3f} | {r['updates']} | "
-                  f"{r['wall_s']} | {pts} |")
-    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"),
-                         (".md", "\n".join(md) + "\n")):
-        atomic_write_text(out.with_name(out.name + suffix), text)
+    meta = {"envs": envs, "algos": algos, "steps": args.steps, "seeds": args.seeds,
+            "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes, "overrides": args.overrides,
+            "argv": sys.argv[1:] if argv is None else argv, "cpus": os.cpu_count(), "commit": _commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    md = report(rows, meta, out)
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     ok = [Path(r["run_dir"]) for r in rows if "error" not in r]
     if ok:
-        plot_runs(ok, out.with_name(out.name + ".png"), title=f"{args.env}, {args.steps:,} env steps")
+        plot_runs(ok, out.with_name(out.name + ".png"), title=f"{', '.join(envs)}: {args.steps:,} env steps")
     print("\n".join(md))
     return 0 if len(ok) == len(rows) else 1
 
