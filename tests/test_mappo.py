@@ -77,3 +77,16 @@ def test_same_seed_same_training() -> None:
         algo = build("matrix:tad10", "env.num_envs=8")
         runs.append([algo.train_iteration().metrics["loss/policy"] for _ in range(3)])
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name", ["mappo", "tad-ppo"])
+def test_each_evaluation_plays_new_seeds_and_a_resumed_run_continues_them(name: str) -> None:
+    """matrix:tad10 draws its matrix per episode from the env seed: two evaluations of the same (untrained)
+    policy play other matrices, so their returns differ; a copy loaded from the state dict plays what the
+    original's next evaluation plays."""
+    algo = build_algo(name, "matrix:tad10", "env.num_envs=8")
+    first, second = algo.evaluate(8), algo.evaluate(8)
+    assert first["eval/return"] != second["eval/return"], (first, second)
+    copy = build_algo(name, "matrix:tad10", "env.num_envs=8")
+    copy.load_state_dict(algo.state_dict())
+    assert copy.evaluate(8) == algo.evaluate(8)

@@ -428,11 +428,15 @@ class RecurrentPPOBase:
                 "episode_length": float(np.mean(lengths)), "episodes": float(len(returns))}
 
     def evaluate(self, n_episodes: int) -> dict[str, float]:
-        """Greedy decentralized execution: every agent acts on its own observation and history only."""
+        """Greedy evaluation on this evaluation's own seeds (a new set each time, as for the value methods)."""
         self.actor.eval()
-        out = {f"eval/{k}": v for k, v in self._run_eval(n_episodes, "greedy").items()}
+        out = self._eval_metrics(n_episodes)
         self.evals += 1
         return out
+
+    def _eval_metrics(self, n_episodes: int) -> dict[str, float]:
+        """Hook: decentralized execution, every agent acting on its own observation and history only."""
+        return {f"eval/{k}": v for k, v in self._run_eval(n_episodes, "greedy").items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, value normalizer, sampling RNG and counters. A resumed run starts fresh

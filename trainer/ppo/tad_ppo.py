@@ -202,18 +202,16 @@ class TADPPO(RecurrentPPOBase):
                 n += 1
         return {**{k: v / n for k, v in sums.items()}, "train/entropy_coef": entropy_coef}
 
-    def evaluate(self, n_episodes: int) -> dict[str, float]:
+    def _eval_metrics(self, n_episodes: int) -> dict[str, float]:
         """TAD-PPO (distilled, decentralized: ``eval/return``, ``eval/win_rate``), TAD-PPO-T (the joint
-        coordination policy, sequential and greedy: ``eval/joint_*``) and the gap joint - decentralized, both on
-        this evaluation's seeds (a new set per evaluation, as for the value methods)."""
-        self.actor.eval()
+        coordination policy, sequential and greedy: ``eval/joint_*``) and the gap joint - decentralized, both
+        policies on the same seeds (the gap is paired)."""
         dec = self._run_eval(n_episodes, "greedy")
         joint = self._run_eval(n_episodes, "joint")
         out = {f"eval/{k}": v for k, v in dec.items()}
         out.update({f"eval/joint_{k}": v for k, v in joint.items()})
         out["eval/gap_return"] = joint["return"] - dec["return"]
         out["eval/gap_win_rate"] = joint["win_rate"] - dec["win_rate"]
-        self.evals += 1  # both policies played the same seeds: the gap is paired
         return out
 
 
