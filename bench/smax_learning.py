@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,8 +62,6 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
             resume_run(run_dir, steps=args.steps, console=console)
         else:
             if run_dir.exists():  # started but never checkpointed: nothing to resume
-                import shutil
-
                 shutil.rmtree(run_dir)
             cfg = load_config(algo, env_id, overrides=[
                 f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
@@ -84,7 +83,7 @@ def median_ci(values: list[float], rng: np.random.Generator) -> tuple[float, flo
     return float(np.median(x)), float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
-def report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> list[str]:
+def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     rng = np.random.default_rng(0)
     md = [f"# Win rate vs env steps on SMAX (budget {meta['steps']:,} env steps, seeds {meta['seeds']})", "",
           f"Command: `python bench/smax_learning.py {' '.join(meta['argv'])}` (commit {meta['commit']}, "
@@ -115,6 +114,11 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> list[
                 md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | |")
         md.append("")
     return md
+
+
+def _slug(text: str) -> str:
+    """A path part from an env id or an override (``smax:3m,smac=1`` -> ``smax_3m_smac1``)."""
+    return text.replace(":", "_").replace(",", "_").replace("=", "")
 
 
 def _commit() -> str:
@@ -149,13 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    tag = "_".join(a.replace(":", "-").replace(",", "-").replace("=", "") for a in args.overrides) or "defaults"
+    tag = "_".join(_slug(a) for a in args.overrides) or "defaults"
     rows = []
     for env_id in envs:
         for algo in algos:
             for seed in args.seeds:
-                run_dir = Path(args.runs) / f"{env_id.replace(':', '_').replace(',', '_').replace('=', '')}" \
-                    / f"{args.steps}_{tag}" / algo / f"seed{seed}"
+                run_dir = Path(args.runs) / _slug(env_id) / f"{args.steps}_{tag}" / algo / f"seed{seed}"
                 try:
                     row = run_cell(env_id, algo, seed, run_dir, args)
                 except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes, "overrides": args.overrides,
             "argv": sys.argv[1:] if argv is None else argv, "cpus": os.cpu_count(), "commit": _commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    md = report(rows, meta, out)
+    md = report(rows, meta)
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     ok = [Path(r["run_dir"]) for r in rows if "error" not in r]
