@@ -468,3 +468,9 @@ class RecurrentPPOBase:
         """The decentralized actor (kind ``actor``): what export turns into one ONNX file per agent."""
         net = self._decentralized()
         return {"kind": "actor", "config": net.config.to_dict(), "state_dict": clone_state_dict(net)}
+
+    def close(self) -> None:
+        """Close the training env and the evaluation envs (GRF engine processes, live StarCraft II)."""
+        for env in (self.env, *self._eval_envs.values()):
+            env.close()
+        self._eval_envs.clear()
