@@ -32,7 +32,7 @@ def eval_points(run_dir: Path) -> list[dict[str, Any]]:
         rec = json.loads(line)
         if rec.get("event") == "eval":
             out.append({"env_steps": rec["env_steps"], "win_rate": rec.get("eval/win_rate"),
-                        "return": rec.get("eval/return")})
+                        "return": rec.get("eval/return"), "joint_win_rate": rec.get("eval/joint_win_rate")})
     return out
 
 
@@ -90,11 +90,13 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
           f"{meta['cpus']} CPU cores, CPU torch, one thread)", "",
           f"Greedy evaluation every {meta['eval_interval']:,} env steps over {meta['eval_episodes']} episodes; "
           f"config = algorithm/env defaults plus `{' '.join(meta['overrides']) or '(none)'}`. Median win rate over "
-          "seeds [95% bootstrap interval]; a cell missing from the grid did not finish.", ""]
+          "seeds [95% bootstrap interval]; a cell missing from the grid did not finish. The joint win rate is "
+          "TAD-PPO-T's (the sequential coordination policy, greedy, on the same episodes as TAD-PPO's decentralized "
+          "agents).", ""]
     for env_id in meta["envs"]:
         env_rows = [r for r in rows if r["env"] == env_id and "error" not in r]
-        md += [f"## {env_id}", "", "| algo | seeds | final win rate | final return | wall s per run (median) | "
-               "win rate at eval points |", "|---|---:|---|---:|---:|---|"]
+        md += [f"## {env_id}", "", "| algo | seeds | final win rate | final return | final joint win rate | "
+               "wall s per run (median) | win rate at eval points |", "|---|---:|---|---:|---|---:|---|"]
         for algo in meta["algos"]:
             cells = [r for r in env_rows if r["algo"] == algo and r["curve"]]
             if not cells:
@@ -107,11 +109,16 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             fin, flo, fhi = median_ci([r["curve"][-1]["win_rate"] or 0.0 for r in cells], rng)
             ret = float(np.median([r["curve"][-1]["return"] or 0.0 for r in cells]))
             wall = float(np.median([r["wall_s"] for r in cells]))
-            md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {wall:.0f} | "
+            joint = [r["curve"][-1].get("joint_win_rate") for r in cells]
+            joint_txt = "-"
+            if all(j is not None for j in joint):  # TAD-PPO: the coordination policy (TAD-PPO-T), same episodes
+                jm, jlo, jhi = median_ci(joint, rng)
+                joint_txt = f"{jm:.2f} [{jlo:.2f}, {jhi:.2f}]"
+            md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {joint_txt} | {wall:.0f} | "
                       f"{'; '.join(pts)} |")
         for r in rows:
             if r["env"] == env_id and "error" in r:
-                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | |")
+                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | |")
         md.append("")
     return md
 
