@@ -316,9 +316,9 @@ def _coordination_entropy(env_steps: int, *overrides: str) -> float:
 @pytest.mark.slow
 def test_smax_distillation_leaves_the_coordination_policy_its_entropy() -> None:
     """Issue 13 item 4: with Eq. 6's gradient flowing into the encoder shared with the coordination policy,
-    the coordination policy's entropy collapses on SMAX and TAD-PPO-T stalls with it (smax:3m,smac=1 seed 0:
-    0.13 at 60k, 0.006 at 190k env steps; win rate 0.50 at 200k). configs/env/smax.tad-ppo.toml trains the
-    shared encoder by the PPO loss alone (0.27 at 60k; 3 seeds at 200k: 0.73 [0.72, 0.81], MAPPO 0.69)."""
+    the coordination policy's entropy collapses on SMAX and TAD-PPO-T stalls with it (smax:3m,smac=1 seed 0,
+    last update at 60k env steps: 0.10; 0.006 at 190k; win rate 0.50 at 200k). configs/env/smax.tad-ppo.toml
+    trains the shared encoder by the PPO loss alone (0.24 at 60k; 3 seeds at 200k: 0.73 [0.72, 0.81], MAPPO 0.69)."""
     assert load_config("tad-ppo", "smax:3m,smac=1").algo.distill_shares_encoder is False
     assert load_config("tad-ppo", "matrix:tad10").algo.distill_shares_encoder is True
     detached = _coordination_entropy(60_000)
