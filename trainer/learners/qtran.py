@@ -130,10 +130,17 @@ class QtranLearner(ValueLearner):
                           q_prime_opt=self.taken(q_now, u_bar).sum(-1), y_dqn=y_dqn)
 
     def metrics(self, batch: EpisodeBatch, t: QtranTerms, q_jt_BT: torch.Tensor, v_jt_BT: torch.Tensor,
-                **losses: torch.Tensor) -> dict[str, float]:
+                opt_gap_BT: torch.Tensor, nopt_gap_BT: torch.Tensor, **losses: torch.Tensor) -> dict[str, float]:
+        """Losses, value scales and how far the factorization conditions hold on this batch, in value units:
+        ``train/opt_gap`` is the mean |Q'_jt - Q^_jt + V_jt| at u_bar (condition (4a)) and ``train/nopt_gap`` the
+        mean amount by which the taken joint action falls below (4b) (base) or |min_{u_i} [...]| misses (7)
+        (alt); both are 0 when the conditions hold. A QTRAN whose gaps stay large against the spread of Q_jt
+        over actions has not transformed Q_jt yet: its agents' greedy actions need not be Q_jt's."""
         mean = self.mean
         return {
             **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
+            "train/opt_gap": float(mean(opt_gap_BT.detach(), batch)),
+            "train/nopt_gap": float(mean(nopt_gap_BT.detach(), batch)),
             "train/q_jt": float(mean(q_jt_BT.detach(), batch)),
             "train/q_prime": float(mean(t.q_prime.detach(), batch)),
             "train/v_jt": float(mean(v_jt_BT.detach(), batch)),
@@ -159,12 +166,15 @@ class QtranBaseLearner(QtranLearner):
         # ---- L_td: Q_jt regressed onto y_dqn ----
         L_td = mean((q_jt_BT - t.y_dqn).pow(2), batch)
         # ---- L_opt: condition (4a), Q'_jt(tau, u_bar) - Q^_jt(tau, u_bar) + V_jt(tau) = 0 ----
-        L_opt = mean((t.q_prime_opt - q_jt_hat_opt_BT + v_jt_BT).pow(2), batch)
+        opt_err_BT = t.q_prime_opt - q_jt_hat_opt_BT + v_jt_BT
+        L_opt = mean(opt_err_BT.pow(2), batch)
         # ---- L_nopt: condition (4b), Q'_jt(tau, u) - Q^_jt(tau, u) + V_jt(tau) >= 0 ----
-        L_nopt = mean((t.q_prime - q_jt_BT.detach() + v_jt_BT).clamp(max=0.0).pow(2), batch)
+        nopt_d_BT = t.q_prime - q_jt_BT.detach() + v_jt_BT
+        L_nopt = mean(nopt_d_BT.clamp(max=0.0).pow(2), batch)
 
         loss = L_td + c.lambda_opt * L_opt + c.lambda_nopt * L_nopt
-        return loss, self.metrics(batch, t, q_jt_BT, v_jt_BT, td=L_td, opt=L_opt, nopt=L_nopt, total=loss)
+        return loss, self.metrics(batch, t, q_jt_BT, v_jt_BT, opt_err_BT.abs(), -nopt_d_BT.clamp(max=0.0),
+                                  td=L_td, opt=L_opt, nopt=L_nopt, total=loss)
 
 
 class QtranAltLearner(QtranLearner):
@@ -204,7 +214,8 @@ class QtranAltLearner(QtranLearner):
         L_nopt_min = mean(min_d_BTN.pow(2).mean(-1), batch)
 
         loss = L_td + c.lambda_opt * L_opt + c.lambda_nopt * L_nopt_min
-        return loss, self.metrics(batch, t, q_jt_BTN.mean(-1), v_jt_BT, td=L_td, opt=L_opt, nopt_min=L_nopt_min,
+        return loss, self.metrics(batch, t, q_jt_BTN.mean(-1), v_jt_BT, opt_err_BTN.abs().mean(-1),
+                                  min_d_BTN.abs().mean(-1), td=L_td, opt=L_opt, nopt_min=L_nopt_min,
                                   total=loss)
 
 
