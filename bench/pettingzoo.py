@@ -38,6 +38,8 @@ ENV_ID = f"pettingzoo:mpe2.simple_spread_v3,max_cycles={MAX_CYCLES}"
 ALGOS = ("qmix", "vdn", "mappo", "tad-ppo")
 # The issue's peer figures: BenchMARL 1.5.2, packaged defaults, simple_spread, end to end.
 BENCHMARL_QUOTED = {"mappo": 292.0, "qmix": 460.0}
+# BenchMARL's default on_policy_ and off_policy_collected_frames_per_batch (conf/experiment/base_experiment.yaml).
+BENCHMARL_FRAMES_PER_ITERATION = 6000
 
 
 # ------------------------------------------------------------------ batched form
@@ -214,7 +216,10 @@ def run_cell(algo: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(run_dir, ignore_errors=True)
             cfg = load_config(algo, ENV_ID, overrides=cell_overrides(args), steps=args.steps, seed=seed,
                               device="cpu")
+            c0 = time.process_time()
             train_run(cfg, run_dir, quiet)
+            # CPU seconds of the whole run (this process, all threads), kept beside the run for a later read-back.
+            atomic_write_text(run_dir / "bench_cpu.json", json.dumps({"cpu_s": time.process_time() - c0}))
             status = "trained"
     end: dict[str, Any] = {}
     train_rates = []
@@ -226,10 +231,13 @@ def run_cell(algo: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             train_rates.append(rec["train/env_steps_per_s"])
     curve = read_curve(run_dir, "eval")
     returns = curve.values["eval/return"]
+    cpu_file = run_dir / "bench_cpu.json"
+    cpu_s = json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None
     return {"algo": algo, "seed": seed, "status": status, "run_dir": str(run_dir),
             "curve": [[int(s), float(v)] for s, v in zip(curve.steps, returns, strict=True)],
             "final_return": float(returns[-1]), "env_steps": end.get("env_steps"), "wall_s": end.get("wall_s"),
-            "env_steps_per_s": end.get("env_steps_per_s"), "updates": end.get("updates"),
+            "env_steps_per_s": end.get("env_steps_per_s"), "updates": end.get("updates"), "cpu_s": cpu_s,
+            "env_steps_per_cpu_s": end["env_steps"] / cpu_s if cpu_s and end.get("env_steps") else None,
             "train_env_steps_per_s_median": statistics.median(train_rates) if train_rates else None}
 
 
@@ -241,17 +249,32 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         mine = [c for c in cells if c["algo"] == algo]
         mean, low, high = mean_t_interval([c["final_return"] for c in mine])
         rates = [c["env_steps_per_s"] for c in mine if c["env_steps_per_s"]]
+        cpu_rates = [c["env_steps_per_cpu_s"] for c in mine if c.get("env_steps_per_cpu_s")]
         n = min(len(c["curve"]) for c in mine)
         curve = []
         for k in range(n):
             m, lo, hi = mean_t_interval([c["curve"][k][1] for c in mine])
             curve.append([mine[0]["curve"][k][0], m, lo, hi])
         out[algo] = {"seeds": [c["seed"] for c in mine], "final_return": mean, "ci95": [low, high],
-                     "env_steps_per_s": statistics.median(rates) if rates else None, "curve": curve}
+                     "env_steps_per_s": statistics.median(rates) if rates else None,
+                     "env_steps_per_cpu_s": statistics.median(cpu_rates) if cpu_rates else None, "curve": curve}
     return out
 
 
-def plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+def peer_curves(bm: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """BenchMARL's mean eval curve per algorithm ``[K, 2]`` (frames, team-sum return) over its finished cells."""
+    out: dict[str, np.ndarray] = {}
+    for algo in BENCHMARL_QUOTED:
+        curves = [c["curve"] for c in (bm or {}).get("cells", []) if c["algo"] == algo and c.get("curve")]
+        if curves:
+            n = min(len(c) for c in curves)
+            arr = np.array([c[:n] for c in curves], dtype=float)  # [seeds, K, 2]
+            out[algo] = arr.mean(0)
+    return out
+
+
+def plot(summary: dict[str, dict[str, Any]], path: Path, title: str,
+         peers: dict[str, np.ndarray] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,6 +286,8 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         c = np.array(s["curve"], dtype=float)  # [K, 4]: steps, mean, low, high
         ax.plot(c[:, 0], c[:, 1], label=f"{algo} ({len(s['seeds'])} seeds)")
         ax.fill_between(c[:, 0], c[:, 2], c[:, 3], alpha=0.2)
+    for algo, c in (peers or {}).items():
+        ax.plot(c[:, 0], c[:, 1], ls="--", label=f"BenchMARL {algo} (mean)")
     ax.set_xlabel("env steps")
     ax.set_ylabel("greedy eval return (team sum)")
     ax.set_title(title, fontsize=9)
@@ -299,11 +324,11 @@ _BENCHMARL_DRIVER = """
 import json, sys, time
 from hydra import compose, initialize_config_module
 from benchmarl.hydra_config import load_experiment_from_hydra
-algo, frames, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+algo, frames, folder, seed, eval_interval = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 with initialize_config_module(config_module="benchmarl.conf", version_base=None):
     cfg = compose(config_name="config", overrides=[f"algorithm={algo}", "task=pettingzoo/simple_spread",
         f"experiment.max_n_frames={frames}", "experiment.loggers=[csv]", "experiment.render=false",
-        f"experiment.evaluation_interval={frames}", f"experiment.save_folder={folder}"])
+        f"experiment.evaluation_interval={eval_interval}", f"experiment.save_folder={folder}", f"seed={seed}"])
 exp = load_experiment_from_hydra(cfg, task_name="pettingzoo/simple_spread")
 c0, w0 = time.process_time(), time.perf_counter()
 exp.run()
@@ -312,29 +337,50 @@ print("BENCHMARL_RESULT " + json.dumps({"cpu_s": time.process_time() - c0, "wall
 """
 
 
-def benchmarl_throughput(python: str, algo: str, frames: int, runs: Path) -> dict[str, Any]:
-    """BenchMARL 1.5.2 (its own virtualenv: it needs pettingzoo 1.24) on the same task at its packaged defaults,
-    except: CSV logger only, no rendering, one evaluation at the end, ``frames`` frames."""
+def _benchmarl(python: str, algo: str, frames: int, folder: Path, seed: int, eval_interval: int) -> dict[str, Any]:
+    """One BenchMARL 1.5.2 experiment in its own interpreter (its virtualenv: it needs pettingzoo 1.24) at its
+    packaged simple_spread defaults, except: CSV logger only, no rendering, ``frames`` frames, an evaluation every
+    ``eval_interval`` frames (a multiple of its 6,000-frame iteration). Its eval curve is read from the CSV logger
+    (BenchMARL logs the agents' mean reward: x3 gives the team sum marlctl reports)."""
     import csv
     import subprocess
 
-    folder = (runs / "benchmarl" / algo).resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    out = subprocess.run([python, "-c", _BENCHMARL_DRIVER, algo, str(frames), str(folder)], cwd=folder,
-                         capture_output=True, text=True, timeout=3600)
+    out = subprocess.run([python, "-c", _BENCHMARL_DRIVER, algo, str(frames), str(folder), str(seed),
+                          str(eval_interval)], cwd=folder, capture_output=True, text=True, timeout=6 * 3600)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCHMARL_RESULT ")]
     if out.returncode != 0 or not line:
-        return {"algo": algo, "system": "benchmarl", "error": (out.stderr or out.stdout).strip()[-500:]}
+        return {"algo": algo, "seed": seed, "system": "benchmarl", "error": (out.stderr or out.stdout).strip()[-500:]}
     res = json.loads(line[-1].split(" ", 1)[1])
     evals = list(folder.glob("*/*/scalars/eval_reward_episode_reward_mean.csv"))
-    final = None
-    if evals:
-        rows = list(csv.reader(evals[0].open()))
-        final = float(rows[-1][-1]) * 3 if rows else None  # BenchMARL logs the agents' mean; x3 = the team sum
-    return {"algo": algo, "system": "benchmarl", "env_steps": res["frames"], "wall_s": res["wall_s"],
+    # The CSV logger's step column is BenchMARL's iteration index (0 after the first iteration's frames).
+    curve = [[(int(float(r[0])) + 1) * BENCHMARL_FRAMES_PER_ITERATION, float(r[-1]) * 3]
+             for r in csv.reader(evals[0].open()) if r] if evals else []
+    return {"algo": algo, "seed": seed, "system": "benchmarl", "env_steps": res["frames"], "wall_s": res["wall_s"],
             "cpu_s": res["cpu_s"], "env_steps_per_s": res["frames"] / res["wall_s"],
-            "env_steps_per_cpu_s": res["frames"] / res["cpu_s"], "final_eval_return_team_sum": final}
+            "env_steps_per_cpu_s": res["frames"] / res["cpu_s"], "curve": curve,
+            "final_eval_return_team_sum": curve[-1][1] if curve else None}
+
+
+def benchmarl_throughput(python: str, algo: str, frames: int, runs: Path) -> dict[str, Any]:
+    """BenchMARL's training-loop rate: one short seed-0 experiment with a single evaluation at the end."""
+    return _benchmarl(python, algo, frames, (runs / "benchmarl" / algo).resolve(), 0, frames)
+
+
+def benchmarl_cell(python: str, algo: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One BenchMARL cell at the learning section's budget and eval interval; a finished cell (its
+    ``<algo>_s<seed>.json`` beside the experiment folder, at the same budget) is read back, not re-run."""
+    folder = (Path(args.runs) / "benchmarl_cells" / f"{algo}_s{seed}").resolve()
+    record = folder.parent / f"{algo}_s{seed}.json"
+    if record.is_file():
+        cell = json.loads(record.read_text())
+        if cell.get("steps") == args.steps and cell.get("eval_interval") == args.eval_interval and "error" not in cell:
+            return {**cell, "status": "read back"}
+    cell = {**_benchmarl(python, algo, args.steps, folder, seed, args.eval_interval), "steps": args.steps,
+            "eval_interval": args.eval_interval, "status": "trained"}
+    atomic_write_text(record, json.dumps(cell, indent=1) + "\n")
+    return cell
 
 
 # ------------------------------------------------------------------ report
@@ -375,6 +421,7 @@ def markdown(meta: dict[str, Any], form: dict[str, Any] | None, summary: dict[st
     for algo, s in summary.items():
         lines.append(f"- {algo}: " + ", ".join(f"{int(p[0]) // 1000}k {p[1]:.1f}" for p in s["curve"]))
     lines += lines_tp
+    lines += _same_budget_lines(summary, meta.get("benchmarl_cells"), meta["steps"])
     lines += ["", "## Notes", "", *meta["notes"], ""]
     return "\n".join(lines)
 
@@ -405,6 +452,37 @@ def _throughput_lines(tp: dict[str, Any]) -> list[str]:
     return out
 
 
+def _same_budget_lines(summary: dict[str, Any], bm: dict[str, Any] | None, steps: int) -> list[str]:
+    """marlctl's and BenchMARL's final greedy eval return at the same budget, seeds and task, both run here."""
+    if not bm:
+        return []
+    from marlctl.serving.stats import mean_t_interval
+
+    if bm["steps"] != steps:
+        return ["", f"(BenchMARL cells are at {bm['steps']:,} frames, not this report's {steps:,}: left out.)"]
+    out = ["", f"## Same budget: marlctl against BenchMARL 1.5.2 at {steps:,} env steps, both trained here", "",
+           "Final greedy (BenchMARL: deterministic) evaluation return, team sum, mean and 95% t-interval over seeds; "
+           "BenchMARL at its packaged simple_spread defaults (10 evaluation episodes every "
+           f"{bm['eval_interval']:,} frames), marlctl at its packaged `pettingzoo:` defaults. Env steps per CPU "
+           "second are each system's whole training loop (evaluations included), median over seeds.", "",
+           "| algorithm | marlctl return | BenchMARL return | marlctl env-steps / CPU s | BenchMARL env-steps / CPU s "
+           "| ratio | BenchMARL per seed | BenchMARL wall s per run |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for algo in BENCHMARL_QUOTED:
+        mine = [c for c in bm["cells"] if c["algo"] == algo and c.get("final_eval_return_team_sum") is not None]
+        if not mine or algo not in summary:
+            continue
+        m, lo, hi = mean_t_interval([c["final_eval_return_team_sum"] for c in mine])
+        ours = summary[algo]
+        bm_rate = statistics.median(c["env_steps_per_cpu_s"] for c in mine)
+        our_rate = ours.get("env_steps_per_cpu_s")
+        ratio = f"{our_rate / bm_rate:.1f}x" if our_rate else "-"
+        out.append(f"| {algo} | {ours['final_return']:.1f} [{ours['ci95'][0]:.1f}, {ours['ci95'][1]:.1f}] | "
+                   f"{m:.1f} [{lo:.1f}, {hi:.1f}] | {f'{our_rate:,.0f}' if our_rate else '-'} | {bm_rate:,.0f} | "
+                   f"{ratio} | {', '.join(format(c['final_eval_return_team_sum'], '.1f') for c in mine)} | "
+                   f"{statistics.median(c['wall_s'] for c in mine):,.0f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=80_000, help="training budget per cell in env steps")
@@ -422,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput", default="", help="comma list of ours,benchmarl: only measure training "
                     "env-steps per CPU second (writes <out>_throughput_<which>.json)")
     ap.add_argument("--throughput-steps", type=int, default=12_000)
+    ap.add_argument("--benchmarl-cells", action="store_true", help="only train BenchMARL's MAPPO and QMIX at --steps "
+                    "for --seeds, an evaluation every --eval-interval (writes <out>_benchmarl_cells.json; the "
+                    "report puts them beside marlctl's cells)")
     ap.add_argument("--benchmarl-python", default="/tmp/benchmarl_venv/bin/python",
                     help="interpreter of a virtualenv with benchmarl==1.5.2 and pettingzoo[mpe]==1.24.3")
     ap.add_argument("--runs", default="bench/results/tmp/pettingzoo_runs", help="one run dir per cell (kept)")
@@ -441,6 +522,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
             atomic_write_text(out.with_name(f"{out.name}_throughput_{which}.json"),
                               json.dumps({"steps": args.throughput_steps, "rows": rows}, indent=1) + "\n")
+        return 0
+    bm_path = out.with_name(f"{out.name}_benchmarl_cells.json")
+    if args.benchmarl_cells:
+        bm_cells = []
+        for algo in BENCHMARL_QUOTED:
+            for seed in args.seeds:
+                bm_cells.append(benchmarl_cell(args.benchmarl_python, algo, seed, args))
+                print(json.dumps({k: v for k, v in bm_cells[-1].items() if k != "curve"}), flush=True)
+                atomic_write_text(bm_path, json.dumps({"steps": args.steps, "eval_interval": args.eval_interval,
+                                                       "cells": bm_cells}, indent=1) + "\n")
         return 0
     form_path = out.with_name(out.name + "_form.json")
     form = None
@@ -477,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         "form_verdict": form_verdict,
         "throughput": {which: json.loads(p.read_text()) for which in ("ours", "benchmarl")
                        if (p := out.with_name(f"{out.name}_throughput_{which}.json")).is_file()},
+        "benchmarl_cells": json.loads(bm_path.read_text()) if bm_path.is_file() else None,
         "notes": [
             "- BenchMARL figures are the issue's (BenchMARL 1.5.2, packaged defaults, its machine); ratios compare "
             "rates from different machines and are only indicative. End-to-end env-steps/s here includes the "
@@ -486,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     atomic_write_text(out.with_name(out.name + ".json"),
                       json.dumps({"meta": meta, "form": form, "summary": summary, "cells": cells}, indent=1) + "\n")
-    plot(summary, out.with_name(out.name + ".png"), f"{ENV_ID}\n{args.steps:,} env steps per run, mean over seeds and 95% t-CI")
+    plot(summary, out.with_name(out.name + ".png"), f"{ENV_ID}\n{args.steps:,} env steps per run, mean over seeds and 95% t-CI",
+         peer_curves(meta["benchmarl_cells"]))
     atomic_write_text(out.with_name(out.name + ".md"), markdown(meta, form, summary, cells))
     print(f"wrote {out}.{{json,md,png}} in {meta['wall_s']:.0f} s")
     return 0
