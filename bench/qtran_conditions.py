@@ -61,28 +61,27 @@ def measure(run: Any, episodes: int = 64, seed: int = 0) -> dict[str, Any]:
         hist = torch.stack([torch.bincount(greedy[:, i], minlength=A) for i in range(N)])  # [N, A]
         out["greedy_histogram"] = hist.sum(0).tolist()
         out["top_share"] = float((hist.max(-1).values.float() / max(1, greedy.shape[0])).mean())
-        if hasattr(learner, "joint") and A ** N <= MAX_JOINT_ACTIONS:
-            q_jt, q_prime = [], []
+        joint_values = getattr(learner, "joint_values", None)  # QTRAN learners: Q_jt at given joint actions
+        if callable(joint_values) and A ** N <= MAX_JOINT_ACTIONS:
+            q_jt, q_prime, ok = [], [], []
             for ja in itertools.product(range(A), repeat=N):
                 u = torch.tensor(ja, device=q.device).view(1, 1, N).expand(*u_bar.shape)
-                joint_out, v_jt = learner.joint(h, u, state)
-                q_jt.append(learner.q_jt(joint_out, u))
+                q_jt.append(joint_values(batch, u))
                 q_prime.append(learner.taken(q, u).sum(-1))
-            Q, Qp = torch.stack(q_jt, -1), torch.stack(q_prime, -1)  # [B, T, A^N]
+                ok.append(avail.gather(-1, u.unsqueeze(-1)).squeeze(-1).all(-1))  # every agent can take its u_i
+            Q, Qp, ok_ = torch.stack(q_jt, -1), torch.stack(q_prime, -1), torch.stack(ok, -1)  # [B, T, A^N]
+            v_jt = learner.joint(h, u_bar, state)[1]  # V_jt(tau) does not depend on the joint action
             d = Qp + v_jt.unsqueeze(-1) - Q
             place = torch.tensor([A ** (N - 1 - i) for i in range(N)], device=q.device)
             bar = (u_bar * place).sum(-1, keepdim=True)  # index of u_bar among the joint actions
-            # Joint actions some agent cannot take in that state are left out of the max / min.
-            ok = torch.ones_like(Q, dtype=torch.bool)
-            for k, ja in enumerate(itertools.product(range(A), repeat=N)):
-                ok[..., k] = torch.stack([avail[..., i, a] for i, a in enumerate(ja)], -1).all(-1)
+            # Joint actions some agent cannot take in that state are left out of the max / min / spread.
             out["opt_gap"] = float(d.gather(-1, bar).squeeze(-1)[real].abs().mean())
-            out["nopt_worst"] = float((-d.masked_fill(~ok, float("inf")).min(-1).values).clamp(min=0)[real].mean())
-            best = Q.masked_fill(~ok, float("-inf")).argmax(-1, keepdim=True)
+            out["nopt_worst"] = float((-d.masked_fill(~ok_, float("inf")).min(-1).values).clamp(min=0)[real].mean())
+            best = Q.masked_fill(~ok_, float("-inf")).argmax(-1, keepdim=True)
             out["argmax_match"] = float((best == bar).squeeze(-1)[real].float().mean())
-            Qm = Q.masked_fill(~ok, float("nan"))
-            out["qjt_spread_actions"] = float(np.nanmean(np.nanstd(Qm[real].cpu().numpy(), axis=-1)))
-            out["qjt_spread_states"] = float(np.nanmean(Qm[real].cpu().numpy(), axis=-1).std())
+            Qm = Q.masked_fill(~ok_, float("nan"))[real].cpu().numpy()
+            out["qjt_spread_actions"] = float(np.nanmean(np.nanstd(Qm, axis=-1)))
+            out["qjt_spread_states"] = float(np.nanmean(Qm, axis=-1).std())
             out["v_jt_mean"] = float(v_jt[real].mean())
     return out
 

@@ -169,11 +169,11 @@ class QtranBaseLearner(QtranLearner):
         opt_err_BT = t.q_prime_opt - q_jt_hat_opt_BT + v_jt_BT
         L_opt = mean(opt_err_BT.pow(2), batch)
         # ---- L_nopt: condition (4b), Q'_jt(tau, u) - Q^_jt(tau, u) + V_jt(tau) >= 0 ----
-        nopt_d_BT = t.q_prime - q_jt_BT.detach() + v_jt_BT
-        L_nopt = mean(nopt_d_BT.clamp(max=0.0).pow(2), batch)
+        nopt_short_BT = (t.q_prime - q_jt_BT.detach() + v_jt_BT).clamp(max=0.0)  # <= 0: how far (4b) is missed
+        L_nopt = mean(nopt_short_BT.pow(2), batch)
 
         loss = L_td + c.lambda_opt * L_opt + c.lambda_nopt * L_nopt
-        return loss, self.metrics(batch, t, q_jt_BT, v_jt_BT, opt_err_BT.abs(), -nopt_d_BT.clamp(max=0.0),
+        return loss, self.metrics(batch, t, q_jt_BT, v_jt_BT, opt_err_BT.abs(), -nopt_short_BT,
                                   td=L_td, opt=L_opt, nopt=L_nopt, total=loss)
 
 
