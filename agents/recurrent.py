@@ -80,6 +80,21 @@ class AgentNet(nn.Module):
     def initial_hidden(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.config.hidden_dim, device=device)
 
+    def features_in(self, obs_BO: torch.Tensor, prev_action_B: torch.Tensor, agent_id_B: torch.Tensor) -> torch.Tensor:
+        """The layers before the GRU / feed-forward layer ``[B, H]``: they do not read the hidden state, so a
+        trainer can run them over every step of an episode at once."""
+        cfg = self.config
+        x = [(obs_BO - self.obs_mean) / self.obs_std]
+        if cfg.prev_action_input:
+            # one_hot(-1) is not defined: shift by one and drop the "none" column.
+            x.append(F.one_hot(prev_action_B + 1, cfg.n_actions + 1)[:, 1:].to(obs_BO.dtype))
+        if cfg.agent_id_input:
+            x.append(F.one_hot(agent_id_B, cfg.n_agents).to(obs_BO.dtype))
+        h = F.relu(self.fc_in(torch.cat(x, dim=-1)))
+        for layer in self.mlp:
+            h = F.relu(layer(h))
+        return h
+
     def forward(
         self,
         obs_BO: torch.Tensor,
@@ -92,17 +107,8 @@ class AgentNet(nn.Module):
         ``prev_action_B`` is int64 with -1 meaning "no previous action" (first step);
         ``agent_id_B`` is int64 in ``[0, n_agents)``.
         """
-        cfg = self.config
-        x = [(obs_BO - self.obs_mean) / self.obs_std]
-        if cfg.prev_action_input:
-            # one_hot(-1) is not defined: shift by one and drop the "none" column.
-            x.append(F.one_hot(prev_action_B + 1, cfg.n_actions + 1)[:, 1:].to(obs_BO.dtype))
-        if cfg.agent_id_input:
-            x.append(F.one_hot(agent_id_B, cfg.n_agents).to(obs_BO.dtype))
-        h = F.relu(self.fc_in(torch.cat(x, dim=-1)))
-        for layer in self.mlp:
-            h = F.relu(layer(h))
-        if cfg.recurrent:
+        h = self.features_in(obs_BO, prev_action_B, agent_id_B)
+        if self.config.recurrent:
             hidden_out_BH = self.rnn(h, hidden_BH)
         else:
             hidden_out_BH = F.relu(self.rnn(h))

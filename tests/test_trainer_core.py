@@ -219,6 +219,55 @@ def test_greedy_rollout_matches_learner_unroll_of_stored_episodes() -> None:
     assert torch.equal(greedy[batch.filled], batch.actions[batch.filled])
 
 
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_packed_unroll_equals_a_step_by_step_unroll_on_each_episodes_own_steps(recurrent: bool) -> None:
+    """``agent_unroll.unroll`` computes each episode's real views only (episodes of different lengths,
+    packed longest first): there it gives the scores, features and gradients of a plain step-by-step
+    unroll of the whole padded batch; after an episode's end it gives zeros."""
+    from marlctl.trainer.agent_unroll import unroll
+
+    torch.manual_seed(0)
+    B, T, N, obs_dim, A = 7, 9, 3, 5, 4
+    net = AgentNet(AgentNetConfig(obs_dim=obs_dim, n_actions=A, n_agents=N, hidden_dim=8, recurrent=recurrent,
+                                  hidden_layers=3))
+    obs, prev = torch.randn(B, T, N, obs_dim), torch.randint(-1, A, (B, T, N))
+    views = torch.tensor([9, 2, 5, 5, 3, 9, 7])
+    live_BT = torch.arange(T) < views.unsqueeze(1)
+    q, h = unroll(net, obs, prev, views)
+    w_q, w_h = torch.randn_like(q), torch.randn_like(h)
+    ((q * w_q).sum() + (h * w_h).sum()).backward()
+    packed_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+
+    ids, hidden, loss = torch.arange(N).repeat(B), net.initial_hidden(B * N), torch.zeros(())
+    for t in range(T):
+        q_t, hidden = net(obs[:, t].reshape(B * N, -1), prev[:, t].reshape(-1), ids, hidden)
+        q_t, h_t, live = q_t.view(B, N, -1), hidden.view(B, N, -1), live_BT[:, t]
+        torch.testing.assert_close(q[live, t], q_t[live].detach())
+        torch.testing.assert_close(h[live, t], h_t[live].detach())
+        assert torch.all(q[~live, t] == 0) and torch.all(h[~live, t] == 0)
+        m = live.float().view(B, 1, 1)
+        loss = loss + (q_t * w_q[:, t] * m).sum() + (h_t * w_h[:, t] * m).sum()
+    loss.backward()
+    for packed, plain in zip(packed_grads, (p.grad for p in net.parameters()), strict=True):
+        torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_per_transition_nets_run_on_real_rows_only() -> None:
+    """A mixer run through ``on_real_rows`` gives its own output at the real transitions and 0 at padding."""
+    from marlctl.trainer.masked import on_real_rows
+
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=3, state_dim=5)
+    q, s = torch.randn(4, 6, 3), torch.randn(4, 6, 5)
+    mask = torch.arange(6) < torch.tensor([6, 1, 3, 4]).unsqueeze(1)
+    packed = on_real_rows(mixer, mask, q, s)
+    torch.testing.assert_close(packed[mask], mixer(q, s)[mask])
+    assert torch.all(packed[~mask] == 0)
+    q_tot, grad = on_real_rows(mixer.forward_with_gradient, mask, q, s)
+    torch.testing.assert_close(grad[mask], mixer.forward_with_gradient(q, s)[1][mask])
+
+
 def test_qmix_mixer_is_monotonic() -> None:
     torch.manual_seed(0)
     mixer = QMixer(n_agents=3, state_dim=5)

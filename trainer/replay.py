@@ -45,6 +45,11 @@ class EpisodeBatch:
         return torch.cat([first, self.actions], dim=1)
 
     @property
+    def views(self) -> torch.Tensor:
+        """Views (obs/state/avail steps) each episode has, ``[B]`` int64: its transitions plus the last next-state."""
+        return self.filled.sum(dim=1) + 1
+
+    @property
     def mask(self) -> torch.Tensor:
         """``filled`` as float ``[B, T]`` for masked means."""
         return self.filled.float()

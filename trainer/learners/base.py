@@ -13,10 +13,12 @@ How to add a value learner (QTRAN, ReMIX, ...): subclass ``ValueLearner`` and im
   log, named by prefix (``loss/td``, ``loss/opt``, ``train/q_taken``...).
 
 Helpers: ``agent_q(batch, target=)`` unrolls the recurrent agent over ``T+1`` steps -> ``[B, T+1, N, A]``
+(each episode over its own views only: zeros after them)
 (``agent_features`` also returns the hidden features h_i; ``unroll(net, batch)`` serves any other
 per-agent network you build); ``taken(q, actions)`` gathers ``[B, T, N]``;
 ``next_agent_values(batch, q, target_q)`` applies double Q to get each agent's greedy next value
-``[B, T, N]``; ``returns(batch, v_next_BT)`` makes one-step, n-step or TD(lambda) targets per
+``[B, T, N]``; ``per_transition(net, batch, *xs)`` runs a mixer or Q* on the real transitions only;
+``returns(batch, v_next_BT)`` makes one-step, n-step or TD(lambda) targets per
 ``ValueLearnerConfig``; ``mean(x_BT, batch)`` averages over the real (filled) steps.
 The base does the optimizer step, gradient clipping, target updates and (de)serialization; with
 ``learner.normalize_state`` it normalizes ``batch.state`` (running mean/std) before ``loss`` sees it.
@@ -32,7 +34,7 @@ from marlctl.agents.recurrent import AgentNet
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer import agent_unroll
 from marlctl.trainer.config import TrainConfig
-from marlctl.trainer.masked import masked_mean
+from marlctl.trainer.masked import masked_mean, on_real_rows
 from marlctl.trainer.optim import make_optimizer
 from marlctl.trainer.replay import EpisodeBatch
 from marlctl.trainer.running_stats import RunningMeanStd
@@ -79,11 +81,11 @@ class ValueLearner:
     def agent_features(self, batch: EpisodeBatch, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Q_i ``[B, T+1, N, A]`` and the agents' hidden features h_i ``[B, T+1, N, H]`` of the (target) agent."""
         net = self.targets["agent"] if target else self.agent
-        return agent_unroll.unroll(net, batch.obs, batch.prev_actions)  # type: ignore[arg-type]
+        return agent_unroll.unroll(net, batch.obs, batch.prev_actions, batch.views)  # type: ignore[arg-type]
 
     def unroll(self, net: AgentNet, batch: EpisodeBatch) -> torch.Tensor:
         """Unroll any per-agent network (``B*N`` rows per step) over the batch: scores ``[B, T+1, N, A]``."""
-        return agent_unroll.unroll(net, batch.obs, batch.prev_actions)[0]
+        return agent_unroll.unroll(net, batch.obs, batch.prev_actions, batch.views)[0]
 
     @staticmethod
     def taken(q_BTNA: torch.Tensor, actions_BTN: torch.Tensor) -> torch.Tensor:
@@ -106,6 +108,12 @@ class ValueLearner:
         if self.lcfg.n_step > 1:
             return n_step_returns(batch.reward, batch.terminated, batch.filled, v_next_BT, g, self.lcfg.n_step)
         return one_step_targets(batch.reward, batch.terminated, v_next_BT, g)
+
+    @staticmethod
+    def per_transition(fn: Any, batch: EpisodeBatch, *xs_BT: torch.Tensor) -> Any:
+        """``fn(*xs_BT)`` (a mixer, Q*: ``[B, T, ...]`` rows in, ``[B, T, ...]`` out) on the batch's real
+        transitions only; zeros at the padding."""
+        return on_real_rows(fn, batch.filled, *xs_BT)
 
     @staticmethod
     def mean(x_BT: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:

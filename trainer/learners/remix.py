@@ -98,9 +98,11 @@ class RemixLearner(WQMIXLearner):
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A] agents' utilities Q^j
         q_taken_BTN = self.taken(q_BTNA, batch.actions)
         # Q_tot and the mixer gradient f'_j = dQ_tot / dQ^j from the same weights (Lemma 1, closed form)
-        q_tot_BT, f_prime_BTN = self.nets["mixer"].forward_with_gradient(q_taken_BTN, state_BTS)
+        q_tot_BT, f_prime_BTN = self.per_transition(self.nets["mixer"].forward_with_gradient, batch, q_taken_BTN,
+                                                    state_BTS)
         central_q_BTNA = self.unroll(self.nets["central_agent"], batch)
-        q_star_BT = self.nets["central"](self.taken(central_q_BTNA, batch.actions), state_BTS)
+        q_star_BT = self.per_transition(self.nets["central"], batch, self.taken(central_q_BTNA, batch.actions),
+                                        state_BTS)
 
         y_BT = self.central_target(batch, q_BTNA)  # y = B* Q*_{k-1}, at the QMIX agents' greedy u_hat'
         with torch.no_grad():

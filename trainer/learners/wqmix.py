@@ -59,15 +59,17 @@ class WQMIXLearner(ValueLearner):
             u_hat_next_BTN = masked_greedy(q_BTNA[:, 1:], batch.avail[:, 1:])
             target_central_BTNA = self.unroll(self.targets["central_agent"], batch)[:, 1:]
             v_next_BTN = target_central_BTNA.gather(-1, u_hat_next_BTN.unsqueeze(-1)).squeeze(-1)
-            return self.returns(batch, self.targets["central"](v_next_BTN, batch.state[:, 1:]))
+            return self.returns(batch, self.per_transition(self.targets["central"], batch, v_next_BTN,
+                                                    batch.state[:, 1:]))
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         opts: WQMIXOptions = self.algo_cfg
         state_BTS = batch.state[:, :-1]
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A]
-        q_tot_BT = self.nets["mixer"](self.taken(q_BTNA, batch.actions), state_BTS)
+        q_tot_BT = self.per_transition(self.nets["mixer"], batch, self.taken(q_BTNA, batch.actions), state_BTS)
         central_q_BTNA = self.unroll(self.nets["central_agent"], batch)  # [B, T+1, N, A]
-        q_star_BT = self.nets["central"](self.taken(central_q_BTNA, batch.actions), state_BTS)
+        q_star_BT = self.per_transition(self.nets["central"], batch, self.taken(central_q_BTNA, batch.actions),
+                                        state_BTS)
         y_BT = self.central_target(batch, q_BTNA)
         with torch.no_grad():
             if self.weighting == "ow":
@@ -75,7 +77,8 @@ class WQMIXLearner(ValueLearner):
             else:
                 u_hat_BTN = masked_greedy(q_BTNA[:, :-1], batch.avail[:, :-1])
                 is_greedy_BT = (batch.actions == u_hat_BTN).all(dim=-1)
-                q_star_greedy_BT = self.nets["central"](self.taken(central_q_BTNA, u_hat_BTN), state_BTS)
+                q_star_greedy_BT = self.per_transition(self.nets["central"], batch,
+                                                       self.taken(central_q_BTNA, u_hat_BTN), state_BTS)
                 full_BT = (y_BT > q_star_greedy_BT) | is_greedy_BT
             w_BT = torch.where(full_BT, torch.ones_like(y_BT), torch.full_like(y_BT, opts.alpha))
         loss_qmix = self.mean(w_BT * (q_tot_BT - y_BT) ** 2, batch)
