@@ -8,7 +8,9 @@ iterations (batched rollout + replay + gradient updates) until ``--steps`` env s
 
 ``x qmix`` is each row's env-steps/s over QMIX's on the same map in the same run. On a shared machine whose
 load moves during the run, wall-clock rates are noise; the timed part's CPU time (this process, all its
-threads) is also recorded, and ``x qmix (CPU)`` compares env steps per CPU second.
+threads) is also recorded, and ``x qmix (CPU)`` compares env steps per CPU second. ``--rounds R`` repeats
+the whole grid R times, interleaved (round after round, so load drifts hit every algorithm alike): the table
+gives the median of each rate and the median [min, max] of the per-round ratios to that round's QMIX.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,33 +89,60 @@ def measure_rollout(env_id: str, num_envs: int, batched_steps: int) -> dict:
             "wall_s": round(wall, 3), "env_steps_per_s": round(res.env_steps / wall, 1)}
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (algo, env) over all rounds: median rates, and per-round ratios to the same round's QMIX."""
+    ok = [r for r in rows if "error" not in r]
+    qmix = {(r["env_id"], r.get("round", 0)): r for r in ok if r["algo"] == "qmix"}
+    keys = ("env_steps_per_s", "env_steps_per_cpu_s", "updates_per_s", "wall_s", "cpu_s", "warmup_s")
+    out: list[dict] = []
+    for env_id, algo in dict.fromkeys((r["env_id"], r["algo"]) for r in rows):
+        group = [r for r in ok if r["env_id"] == env_id and r["algo"] == algo]
+        errors = [r for r in rows if r["env_id"] == env_id and r["algo"] == algo and "error" in r]
+        if not group:
+            out.append({"algo": algo, "env_id": env_id, "error": errors[0]["error"]})
+            continue
+        row = {"algo": algo, "env_id": env_id, "rounds": len(group), "num_envs": group[0]["num_envs"],
+               "env_steps": group[0]["env_steps"], "updates": group[0]["updates"],
+               **{k: statistics.median(r[k] for r in group) for k in keys}}
+        for key in ("env_steps_per_s", "env_steps_per_cpu_s"):
+            ratios = [r[key] / q[key] for r in group if (q := qmix.get((env_id, r.get("round", 0))))]
+            if ratios:
+                row[f"x_qmix_{key}"] = (statistics.median(ratios), min(ratios), max(ratios))
+        out.append(row)
+    return out
+
+
 def to_markdown(rows: list[dict], meta: dict[str, Any], rollout_rows: list[dict] | None = None) -> str:
+    rounds = meta.get("rounds", 1)
     lines = [
         "# Training throughput (whole training loop: batched rollout + replay + updates)",
         "",
         f"Budget: {meta['steps']} env steps per run after one untimed warm-up iteration (cap {meta['max_seconds']} s); "
         f"device {meta['device']}; torch threads {meta['torch_threads']}; machine: {meta['machine']}.",
         f"Config: each algorithm's and env family's defaults plus `{' '.join(meta['overrides']) or '(none)'}`.",
+        f"Command: `{meta['command']}`" if meta.get("command") else "",
+        *([f"Rounds: {rounds}, interleaved; rates are medians over rounds, `x qmix` the median [min, max] of the "
+           "per-round ratios to the same round's QMIX."] if rounds > 1 else []),
         "",
         "| algo | env | envs | env steps | updates | wall s | env-steps/s | x qmix | CPU s | env-steps/CPU-s | x qmix (CPU) "
         "| updates/s | warm-up s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ok = [r for r in rows if "error" not in r]
-    qmix = {r["env_id"]: r for r in ok if r["algo"] == "qmix"}
 
     def ratio(r: dict, key: str) -> str:
-        q = qmix.get(r["env_id"])
-        return f"{r[key] / q[key]:.2f}" if q and key in r and key in q else "-"
+        x = r.get(f"x_qmix_{key}")
+        if x is None:
+            return "-"
+        return f"{x[0]:.2f}" if rounds == 1 else f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
 
-    for r in rows:
+    for r in summarize(rows):
         if "error" in r:
             lines.append(f"| {r['algo']} | {r['env_id']} | | | | | error: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['algo']} | {r['env_id']} | {r['num_envs']} | {r['env_steps']} | {r['updates']} | "
-                     f"{r['wall_s']} | {r['env_steps_per_s']:,.0f} | {ratio(r, 'env_steps_per_s')} | {r.get('cpu_s', '-')} | "
-                     f"{r.get('env_steps_per_cpu_s', 0):,.0f} | {ratio(r, 'env_steps_per_cpu_s')} | "
-                     f"{r['updates_per_s']:.2f} | {r['warmup_s']} |")
+                     f"{r['wall_s']:.2f} | {r['env_steps_per_s']:,.0f} | {ratio(r, 'env_steps_per_s')} | {r['cpu_s']:.2f} | "
+                     f"{r['env_steps_per_cpu_s']:,.0f} | {ratio(r, 'env_steps_per_cpu_s')} | "
+                     f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |")
     if rollout_rows:
         lines += ["", "## Rollout alone (epsilon-greedy, one agent-network call per batched step, episodes into replay)",
                   "", "| env | envs | env steps | episodes | wall s | env-steps/s |", "|---|---:|---:|---:|---:|---:|"]
@@ -134,17 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     ap.add_argument("--rollout-envs", default="64,256", help="batch sizes of the rollout-only measurement ('' = skip)")
     ap.add_argument("--rollout-steps", type=int, default=200, help="batched steps of the rollout-only measurement")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the whole grid, interleaved; report medians")
     ap.add_argument("--out", default="bench/results/train_throughput", help="path prefix of .json and .md")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     rows: list[dict] = []
-    for env_id in args.envs.split(","):
-        for algo in [a for a in args.algos.split(",") if a]:
-            try:
-                row = measure(algo, env_id, args.steps, args.max_seconds, args.device, args.overrides)
-            except Exception as exc:  # noqa: BLE001 - one failing algorithm must not hide the others
-                row = {"algo": algo, "env_id": env_id, "error": f"{type(exc).__name__}: {exc}"[:200]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for rnd in range(args.rounds):
+        for env_id in args.envs.split(","):
+            for algo in [a for a in args.algos.split(",") if a]:
+                try:
+                    row = measure(algo, env_id, args.steps, args.max_seconds, args.device, args.overrides)
+                except Exception as exc:  # noqa: BLE001 - one failing algorithm must not hide the others
+                    row = {"algo": algo, "env_id": env_id, "error": f"{type(exc).__name__}: {exc}"[:200]}
+                row["round"] = rnd
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     rollout_rows: list[dict] = []
     for env_id in args.envs.split(","):
         for b in [int(x) for x in args.rollout_envs.split(",") if x]:
@@ -152,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             rollout_rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {"steps": args.steps, "max_seconds": args.max_seconds, "device": args.device, "overrides": args.overrides,
+            "rounds": args.rounds, "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
             "torch_threads": 1, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
