@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             rollout_rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {"steps": args.steps, "max_seconds": args.max_seconds, "device": args.device, "overrides": args.overrides,
-            "rounds": args.rounds, "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
+            "rounds": args.rounds, "command": "python bench/train_throughput.py " + shlex.join(sys.argv[1:]),
             "torch_threads": 1, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
