@@ -5,8 +5,8 @@ Sections (``--sections``, all by default):
 
 * ``collection``: one worker's task loop (the real ``RolloutWorkerActor``: batched env + CPU agent network,
   episodes cut into arrays) run in this process ("bare", no Ray) and as a Ray actor seen from the learner
-  (its results fetched here), interleaved round by round, median of ``--rounds``; then 2 actors side by
-  side. Target: Ray worker >= 0.9x bare.
+  (its results fetched here), on the same tasks (same seeded episodes), interleaved round by round, median
+  of ``--rounds``; then 2 actors side by side. Target: Ray worker >= 0.9x bare.
 * ``transfer``: per episode, the bytes a worker ships (pickle protocol 5, as Ray's serializer lays out the
   NumPy arrays) and the learner-observed time beyond the worker's own collection time. Target: <= 5% of a
   GRF episode's simulation time (per episode at the worker's throughput).
@@ -82,19 +82,23 @@ def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
     ray.get([a.collect.remote(box, 0, 0, 1.0) for a in remote])
     rows: dict[str, list[float]] = {"bare": [], "ray1": [], "ray2": []}
     transfer_us, worker_s, sizes, episodes = [], [], [], []
+    bare_steps, ray1_steps = [], []  # env steps per round: equal when both arms played the same episodes
     task = 1
     for _ in range(rounds):
+        # The bare loop and the Ray worker (both worker 0) play the same tasks, so the same seeded episodes:
+        # their ratio is the cost of Ray alone, not of the episodes drawn (a GRF episode's cost varies a lot).
+        round_tasks = range(task, task + tasks)
+        task += tasks
         t0, steps = time.perf_counter(), 0
-        for _ in range(tasks):
-            steps += bare.collect(box, 0, task, 1.0)["env_steps"]
-            task += 1
+        for t in round_tasks:
+            steps += bare.collect(box, 0, t, 1.0)["env_steps"]
         rows["bare"].append(steps / (time.perf_counter() - t0))
+        bare_steps.append(steps)
         t0, steps = time.perf_counter(), 0
-        for _ in range(tasks):
+        for t in round_tasks:
             t1 = time.perf_counter()
-            out = ray.get(remote[0].collect.remote(box, 0, task, 1.0))
+            out = ray.get(remote[0].collect.remote(box, 0, t, 1.0))
             wall = time.perf_counter() - t1
-            task += 1
             steps += out["env_steps"]
             n = len(out["returns"])
             transfer_us.append((wall - out["seconds"]) / n * 1e6)
@@ -102,6 +106,7 @@ def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
             sizes.append(len(pickle.dumps(out, protocol=5)) / n)
             episodes.append(n)
         rows["ray1"].append(steps / (time.perf_counter() - t0))
+        ray1_steps.append(steps)
         t0, steps = time.perf_counter(), 0
         pending = [a.collect.remote(box, 0, task + i, 1.0) for i, a in enumerate(remote)]
         task += 2
@@ -125,6 +130,8 @@ def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
         "bare_env_steps_per_s": round(med["bare"], 1), "ray1_env_steps_per_s": round(med["ray1"], 1),
         "ray2_env_steps_per_s": round(med["ray2"], 1), "ray1_over_bare": round(med["ray1"] / med["bare"], 3),
         "ray2_over_ray1": round(med["ray2"] / med["ray1"], 3), "rounds_raw": rows,
+        "env_steps_per_round": {"bare": bare_steps, "ray1": ray1_steps}, "same_episodes": bare_steps == ray1_steps,
+        "ray1_over_bare_per_round": [round(r / b, 3) for r, b in zip(rows["ray1"], rows["bare"], strict=True)],
         "transfer_bytes_per_episode": round(statistics.median(sizes)),
         "transfer_us_per_episode": round(statistics.median(transfer_us), 1),
         "episode_sim_us_at_worker_rate": round(ep_sim_us, 1),
@@ -319,12 +326,15 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [f"- `{c}`" for c in res["commands"]] + [""]
     if res.get("collection"):
         lines += ["## Collection (one worker's task loop, median of rounds)", "",
-                  "| env | envs/worker | bare env-steps/s | 1 Ray worker | ratio (target >= 0.9) | 2 Ray workers | 2/1 |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| env | envs/worker | bare env-steps/s | 1 Ray worker | ratio (target >= 0.9) | per-round ratios "
+                  "| same episodes | 2 Ray workers | 2/1 |",
+                  "|---|---:|---:|---:|---:|---|---|---:|---:|"]
         for c in res["collection"]:
+            per_round = ", ".join(f"{x:.2f}" for x in c.get("ray1_over_bare_per_round", []))
+            same = {True: "yes", False: "no"}.get(c.get("same_episodes"), "-")
             lines.append(f"| {c['env_id']} | {c['num_envs']} | {c['bare_env_steps_per_s']:,.0f} | "
-                         f"{c['ray1_env_steps_per_s']:,.0f} | {c['ray1_over_bare']:.2f} | {c['ray2_env_steps_per_s']:,.0f} | "
-                         f"{c['ray2_over_ray1']:.2f} |")
+                         f"{c['ray1_env_steps_per_s']:,.0f} | {c['ray1_over_bare']:.2f} | {per_round or '-'} | {same} | "
+                         f"{c['ray2_env_steps_per_s']:,.0f} | {c['ray2_over_ray1']:.2f} |")
         lines += ["", "## Transfer per episode (worker -> learner)", "",
                   "| env | bytes | us beyond collection | episode sim us at worker rate | fraction (target <= 0.05) |",
                   "|---|---:|---:|---:|---:|"]
