@@ -36,6 +36,17 @@ def eval_points(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def train_win_rate(run_dir: Path, since: int) -> float | None:
+    """Mean training-episode win rate (the exploring policy's own episodes) over the log records after env step
+    ``since``: the figure JaxMARL and MAPPO's code report, to compare with theirs like for like."""
+    vals = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "train" and rec["env_steps"] > since and rec.get("train/win_rate") is not None:
+            vals.append(float(rec["train/win_rate"]))
+    return float(np.mean(vals)) if vals else None
+
+
 def _ended(run_dir: Path, steps: int) -> dict[str, Any] | None:
     log = run_dir / "log.jsonl"
     if not log.is_file():
@@ -67,11 +78,13 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
                 f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
                 "run.progress=false", *args.overrides], steps=args.steps, seed=seed, device=args.device)
             train_run(cfg, run_dir, console=console)
-        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0}))
+        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0, "commit": _commit()}))
     end = _ended(run_dir, args.steps) or {}
+    wall = json.loads(wall_file.read_text())
     return {"env": env_id, "algo": algo, "seed": seed, "env_steps": end.get("env_steps"),
-            "updates": end.get("updates"), "wall_s": json.loads(wall_file.read_text())["wall_s"],
-            "curve": eval_points(run_dir), "run_dir": str(run_dir)}
+            "updates": end.get("updates"), "wall_s": wall["wall_s"], "commit": wall.get("commit"),
+            "curve": eval_points(run_dir), "run_dir": str(run_dir),
+            "train_win_rate": train_win_rate(run_dir, args.steps - args.eval_interval)}
 
 
 def median_ci(values: list[float], rng: np.random.Generator) -> tuple[float, float, float]:
@@ -86,17 +99,22 @@ def median_ci(values: list[float], rng: np.random.Generator) -> tuple[float, flo
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     rng = np.random.default_rng(0)
     md = [f"# Win rate vs env steps on SMAX (budget {meta['steps']:,} env steps, seeds {meta['seeds']})", "",
-          f"Command: `python bench/smax_learning.py {' '.join(meta['argv'])}` (commit {meta['commit']}, "
+          f"Command: `python bench/smax_learning.py {' '.join(meta['argv'])}` (report at commit {meta['commit']}, "
           f"{meta['cpus']} CPU cores, CPU torch, one thread)", "",
           f"Greedy evaluation every {meta['eval_interval']:,} env steps over {meta['eval_episodes']} episodes; "
           f"config = algorithm/env defaults plus `{' '.join(meta['overrides']) or '(none)'}`. Median win rate over "
           "seeds [95% bootstrap interval]; a cell missing from the grid did not finish. The joint win rate is "
           "TAD-PPO-T's (the sequential coordination policy, greedy, on the same episodes as TAD-PPO's decentralized "
-          "agents).", ""]
+          "agents). The training win rate is the mean over the training episodes (exploring policy; TAD-PPO's are "
+          f"played by its coordination policy) of the last {meta['eval_interval']:,} env steps.", ""]
+    trained_at = sorted({r.get("commit") or "unrecorded" for r in rows if "error" not in r})
+    if trained_at:
+        md[-1:-1] = [f"Cells trained at commit(s): {', '.join(trained_at)}.", ""]
     for env_id in meta["envs"]:
         env_rows = [r for r in rows if r["env"] == env_id and "error" not in r]
         md += [f"## {env_id}", "", "| algo | seeds | final win rate | final return | final joint win rate | "
-               "wall s per run (median) | win rate at eval points |", "|---|---:|---|---:|---|---:|---|"]
+               "training win rate, last interval | wall s per run (median) | win rate at eval points |",
+               "|---|---:|---|---:|---|---|---:|---|"]
         for algo in meta["algos"]:
             cells = [r for r in env_rows if r["algo"] == algo and r["curve"]]
             if not cells:
@@ -114,11 +132,16 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             if all(j is not None for j in joint):  # TAD-PPO: the coordination policy (TAD-PPO-T), same episodes
                 jm, jlo, jhi = median_ci(joint, rng)
                 joint_txt = f"{jm:.2f} [{jlo:.2f}, {jhi:.2f}]"
-            md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {joint_txt} | {wall:.0f} | "
-                      f"{'; '.join(pts)} |")
+            train = [r.get("train_win_rate") for r in cells]
+            train_txt = "-"
+            if all(t is not None for t in train):
+                tm, tlo, thi = median_ci(train, rng)
+                train_txt = f"{tm:.2f} [{tlo:.2f}, {thi:.2f}]"
+            md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {joint_txt} | "
+                      f"{train_txt} | {wall:.0f} | {'; '.join(pts)} |")
         for r in rows:
             if r["env"] == env_id and "error" in r:
-                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | |")
+                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | | |")
         md.append("")
     return md
 
