@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> None:
                            "load_average": round(os.getloadavg()[0], 1)}
     args.runs.mkdir(parents=True, exist_ok=True)
     if {"collection", "ingest"} & set(args.sections):
+        from marlctl.trainer.distributed.cluster import local_workers_at_normal_priority
+
+        local_workers_at_normal_priority()  # as `marlctl train --ray local` starts its workers
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         if "collection" in args.sections:
             res["collection"] = merge(res.get("collection"), [collection(e, args.rounds, args.tasks) for e in args.envs])

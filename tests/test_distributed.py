@@ -313,6 +313,25 @@ def test_a_worker_of_another_marlctl_version_is_refused(cluster) -> None:
     ray.kill(actor)
 
 
+LOCAL_WORKER_NICENESS = """
+import os, ray
+from marlctl.trainer.distributed.cluster import connect
+disconnect = connect("local", 5)
+print(ray.get(ray.remote(lambda: os.nice(0)).options(num_cpus=0).remote()))
+disconnect()
+"""
+
+
+def test_ray_local_starts_its_workers_at_normal_priority() -> None:
+    """``--ray local``: the rollout workers run at niceness 0, not Ray's default 15, under which anything else on
+    the machine (the learner on the driver) starves them. Its own process: the module's cluster stays connected."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+    p = subprocess.run([sys.executable, "-c", LOCAL_WORKER_NICENESS], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == str(os.nice(0))
+
+
 def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
