@@ -266,6 +266,8 @@ def test_per_transition_nets_run_on_real_rows_only() -> None:
     assert torch.all(packed[~mask] == 0)
     q_tot, grad = on_real_rows(mixer.forward_with_gradient, mask, q, s)
     torch.testing.assert_close(grad[mask], mixer.forward_with_gradient(q, s)[1][mask])
+    none = on_real_rows(mixer, torch.zeros_like(mask), q, s)  # no real row at all: zeros of the full shape
+    assert none.shape == (4, 6) and torch.all(none == 0)
 
 
 def test_qmix_mixer_is_monotonic() -> None:

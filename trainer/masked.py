@@ -22,6 +22,9 @@ def on_real_rows(fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]], mas
     batch, that skips the padding's share of the work (often half of it on SMAX)."""
     if bool(mask_BT.all()):  # nothing to skip
         return fn(*xs_BT)
+    if not bool(mask_BT.any()):  # no real row: the full call's shapes (and graph), all zero
+        full = fn(*xs_BT)
+        return tuple(y * 0 for y in full) if isinstance(full, tuple) else full * 0
     out = fn(*(x[mask_BT].unsqueeze(0) for x in xs_BT))
 
     def unpack(y_1P: torch.Tensor) -> torch.Tensor:
