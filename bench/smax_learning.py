@@ -31,6 +31,8 @@ def eval_points(run_dir: Path) -> list[dict[str, Any]]:
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec.get("event") == "eval":
+            while out and out[-1]["env_steps"] >= rec["env_steps"]:  # a resume rewound to a checkpoint: keep the rerun
+                out.pop()
             out.append({"env_steps": rec["env_steps"], "win_rate": rec.get("eval/win_rate"),
                         "return": rec.get("eval/return"), "joint_win_rate": rec.get("eval/joint_win_rate")})
     return out
