@@ -58,14 +58,12 @@ def unroll(net: AgentNet, obs_BTNO: torch.Tensor, prev_BTN: torch.Tensor,
         rnn = net.rnn
         hidden_RH = net.initial_hidden(rows_T[0], device)
         hs, start = [], 0
-        for rows in rows_T:
-            if rows == 0:
-                break
+        for rows in rows_T:  # the batch pads to its longest episode: every step has rows
             hidden_RH = torch.gru_cell(x_PH[start:start + rows], hidden_RH[:rows], rnn.weight_ih, rnn.weight_hh,
                                        rnn.bias_ih, rnn.bias_hh)
             hs.append(hidden_RH)
             start += rows
-        h_PH = torch.cat(hs) if len(hs) > 1 else hs[0]
+        h_PH = torch.cat(hs)
     else:
         h_PH = F.relu(net.rnn(x_PH))
     q_PA = net.head(h_PH)

@@ -35,7 +35,6 @@ from marlctl.agents.recurrent import masked_greedy
 from marlctl.envs.base import EnvSpec
 from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.learners.base import ValueLearner
-from marlctl.trainer.masked import on_real_rows
 from marlctl.trainer.mixers.qtran_joint import QtranJointAlt, QtranJointBase
 from marlctl.trainer.registry import value_method
 from marlctl.trainer.replay import EpisodeBatch
@@ -98,10 +97,10 @@ class QtranLearner(ValueLearner):
                                           self.spec.state_dim if c.joint_state_input else 0)}
 
     def joint(self, hidden_BTNH: torch.Tensor, actions_BTN: torch.Tensor, state_BTS: torch.Tensor,
-              target: bool = False, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              target: bool = False, batch: EpisodeBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The joint network over ``[B, T]`` at joint action ``actions``: its output (base: Q_jt ``[B, T]``; alt:
-        Q_jt(tau, ., u_-i) ``[B, T, N, A]``) and V_jt ``[B, T]`` (zeros when ``vjt_zero``). With ``rows`` (the
-        batch's ``filled`` mask) it runs on those transitions only, zeros elsewhere."""
+        Q_jt(tau, ., u_-i) ``[B, T, N, A]``) and V_jt ``[B, T]`` (zeros when ``vjt_zero``). Given the ``batch`` it
+        runs on its real transitions only (``per_transition``), zeros elsewhere."""
         net = (self.targets if target else self.nets)["joint"]
 
         def run(hidden: torch.Tensor, actions: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +110,9 @@ class QtranLearner(ValueLearner):
             v_BT = torch.zeros_like(v_R).view(B, T) if self.algo_cfg.vjt_zero else v_R.view(B, T)
             return q.view(B, T, *q.shape[1:]), v_BT
 
-        if rows is None:
+        if batch is None:
             return run(hidden_BTNH, actions_BTN, state_BTS)
-        return on_real_rows(run, rows, hidden_BTNH, actions_BTN, state_BTS)  # type: ignore[return-value]
+        return self.per_transition(run, batch, hidden_BTNH, actions_BTN, state_BTS)
 
     def joint_values(self, batch: EpisodeBatch, actions_BTN: torch.Tensor) -> torch.Tensor:
         """Q_jt(tau, u) ``[B, T]`` for given joint actions, no grad (the matrix-game tables)."""
@@ -131,7 +130,7 @@ class QtranLearner(ValueLearner):
             target_q_BTNA, target_h_BTNH = self.agent_features(batch, target=True)
             _, u_bar_next = self.next_agent_values(batch, q_BTNA, target_q_BTNA)
             q_jt_next_out, _ = self.joint(target_h_BTNH[:, 1:], u_bar_next, batch.state[:, 1:], target=True,
-                                          rows=batch.filled)
+                                          batch=batch)
             y_dqn = self.returns(batch, self.q_jt(q_jt_next_out, u_bar_next))
         q_i_taken = self.taken(q_now, u)
         return QtranTerms(q_i=q_now, h=h_BTNH[:, :T], state=batch.state[:, :T], avail=avail_now, u=u, u_bar=u_bar,
@@ -169,8 +168,8 @@ class QtranBaseLearner(QtranLearner):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         c: QtranConfig = self.algo_cfg
         t, mean = self.terms(batch), self.mean
-        q_jt_BT, v_jt_BT = self.joint(t.h, t.u, t.state, rows=batch.filled)
-        q_jt_hat_opt_BT = self.joint(t.h, t.u_bar, t.state, rows=batch.filled)[0].detach()  # Q^_jt(tau, u_bar): not learned here
+        q_jt_BT, v_jt_BT = self.joint(t.h, t.u, t.state, batch=batch)
+        q_jt_hat_opt_BT = self.joint(t.h, t.u_bar, t.state, batch=batch)[0].detach()  # Q^_jt(tau, u_bar): not learned here
 
         # ---- L_td: Q_jt regressed onto y_dqn ----
         L_td = mean((q_jt_BT - t.y_dqn).pow(2), batch)
@@ -204,9 +203,9 @@ class QtranAltLearner(QtranLearner):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         c: QtranConfig = self.algo_cfg
         t, mean = self.terms(batch), self.mean
-        q_cf_BTNA, v_jt_BT = self.joint(t.h, t.u, t.state, rows=batch.filled)  # Q_jt(tau, ., u_-i) for every agent i
+        q_cf_BTNA, v_jt_BT = self.joint(t.h, t.u, t.state, batch=batch)  # Q_jt(tau, ., u_-i) for every agent i
         q_jt_BTN = self.heads_at(q_cf_BTNA, t.u)  # each head at u
-        q_jt_hat_opt_BTN = self.heads_at(self.joint(t.h, t.u_bar, t.state, rows=batch.filled)[0], t.u_bar).detach()  # Q^_jt(tau, u_bar)
+        q_jt_hat_opt_BTN = self.heads_at(self.joint(t.h, t.u_bar, t.state, batch=batch)[0], t.u_bar).detach()  # Q^_jt(tau, u_bar)
 
         # ---- L_td: every agent's counterfactual head regressed onto y_dqn ----
         L_td = mean((q_jt_BTN - t.y_dqn.unsqueeze(-1)).pow(2).mean(-1), batch)
