@@ -4,7 +4,9 @@ Each (map, algorithm, seed) cell is one real ``marlctl train`` run dir under ``-
 the CLI), evaluated greedily every ``--eval-interval`` env steps. Resumable: a cell whose run ended is read
 back, one with a checkpoint is resumed, the rest start fresh - rerunning the same command finishes the grid.
 The report gives, per algorithm and eval point, the median win rate over seeds with a 95% bootstrap interval
-(resampling seeds; with 3 seeds it is coarse), the final median, and the wall time per run.
+(resampling seeds; with 3 seeds it is coarse), the final median, and the wall time per run. ``--merge`` adds the
+cells of an earlier report whose run dirs are gone (same budget and settings, checked); ``--report-only`` trains
+nothing and reports what has finished.
 
     python bench/smax_learning.py --envs "smax:3m,smac=1" --steps 200000 --seeds 0,1,2 \\
         --out bench/results/smax_learning_3m_200k
@@ -148,6 +150,35 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     return md
 
 
+def merged_rows(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The finished rows of an earlier report of this bench, refused where its cells are not comparable."""
+    try:
+        data = json.loads(path.read_text())
+        meta, rows = data["meta"], data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--merge {path}: not a report of this bench ({type(exc).__name__}: {exc})") from None
+    mine = {"steps": args.steps, "overrides": args.overrides, "eval_interval": args.eval_interval,
+            "eval_episodes": args.eval_episodes}
+    differ = [f"{k} {meta.get(k)!r} (here {v!r})" for k, v in mine.items() if meta.get(k) != v]
+    if differ:
+        raise ValueError(f"--merge {path}: its cells are not comparable with this grid: {'; '.join(differ)}")
+    return [r for r in rows if "error" not in r and r.get("curve")]
+
+
+def row_curve(row: dict[str, Any]) -> Any:
+    """A report row's eval curve as a plot curve (its run dir may be gone)."""
+    from marlctl.trainer.plot import Curve
+
+    pts = row["curve"]
+
+    def as_float(key: str) -> np.ndarray:
+        return np.array([np.nan if p[key] is None else p[key] for p in pts], dtype=float)
+
+    return Curve(Path(row["run_dir"]), row["algo"], row["env"], row["seed"],
+                 np.array([p["env_steps"] for p in pts], dtype=np.int64),
+                 {"eval/return": as_float("return"), "eval/win_rate": as_float("win_rate")})
+
+
 def _slug(text: str) -> str:
     """A path part from an env id or an override (``smax:3m,smac=1`` -> ``smax_3m_smac1``)."""
     return text.replace(":", "_").replace(",", "_").replace("=", "")
@@ -163,7 +194,7 @@ def _commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from marlctl.trainer.plot import plot_runs
+    from marlctl.trainer.plot import plot_curves
     from marlctl.trainer.registry import ALGORITHMS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -177,11 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     ap.add_argument("--runs", default="bench/results/tmp/smax_learning", help="run dirs, one per cell (kept)")
     ap.add_argument("--out", default="bench/results/smax_learning", help="path prefix of .json/.md/.png")
+    ap.add_argument("--merge", action="append", default=[], metavar="REPORT.json",
+                    help="add the finished cells of an earlier report of this bench (same budget, overrides and "
+                         "eval settings; its run dirs may be gone) to this one; a cell in the grid wins")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the finished cells (and --merge), e.g. while the grid is running")
     args = ap.parse_args(argv)
     envs, algos = args.envs.split(";"), args.algos.split(",")
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         ap.error(f"unknown --algos {unknown}; valid: {', '.join(sorted(ALGORITHMS))}")
+    try:
+        merged = [merged_rows(Path(p), args) for p in args.merge]
+    except ValueError as exc:
+        ap.error(str(exc))
     import torch
 
     torch.set_num_threads(1)
@@ -191,24 +231,36 @@ def main(argv: list[str] | None = None) -> int:
         for algo in algos:
             for seed in args.seeds:
                 run_dir = Path(args.runs) / _slug(env_id) / f"{args.steps}_{tag}" / algo / f"seed{seed}"
+                if args.report_only and _ended(run_dir, args.steps) is None:
+                    continue
                 try:
                     row = run_cell(env_id, algo, seed, run_dir, args)
                 except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
                     row = {"env": env_id, "algo": algo, "seed": seed, "error": f"{type(exc).__name__}: {exc}"[:200]}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    have = {(r["env"], r["algo"], r["seed"]) for r in rows}
+    for extra in merged:
+        for r in extra:
+            if (r["env"], r["algo"], r["seed"]) not in have:
+                have.add((r["env"], r["algo"], r["seed"]))
+                rows.append(r)
+                envs += [r["env"]] if r["env"] not in envs else []
+                algos += [r["algo"]] if r["algo"] not in algos else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"envs": envs, "algos": algos, "steps": args.steps, "seeds": args.seeds,
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes, "overrides": args.overrides,
             "argv": sys.argv[1:] if argv is None else argv, "cpus": os.cpu_count(), "commit": _commit(),
+            "merged": args.merge,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     md = report(rows, meta)
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
-    ok = [Path(r["run_dir"]) for r in rows if "error" not in r]
+    ok = [r for r in rows if "error" not in r]
     if ok:
-        plot_runs(ok, out.with_name(out.name + ".png"), title=f"{', '.join(envs)}: {args.steps:,} env steps")
+        plot_curves([row_curve(r) for r in ok], out.with_name(out.name + ".png"),
+                    title=f"{', '.join(envs)}: {args.steps:,} env steps")
     print("\n".join(md))
     return 0 if len(ok) == len(rows) else 1
 

@@ -365,7 +365,7 @@ def test_every_algorithm_trains_a_few_hundred_steps(algo: str, env_id: str, tmp_
 
 
 def test_plot_aggregates_seeds_on_their_common_steps(tmp_path: Path) -> None:
-    from marlctl.trainer.plot import Curve, aggregate, plot_runs
+    from marlctl.trainer.plot import Curve, aggregate, plot_curves, plot_runs
 
     a = Curve(tmp_path, "vdn", "x", 0, np.array([0, 100, 200]), {"eval/return": np.array([0.0, 1.0, 2.0])})
     b = Curve(tmp_path, "vdn", "x", 1, np.array([0, 200, 300]), {"eval/return": np.array([2.0, 4.0, 9.0])})
@@ -375,6 +375,11 @@ def test_plot_aggregates_seeds_on_their_common_steps(tmp_path: Path) -> None:
     assert np.allclose(low, mean - 1.0)
     with pytest.raises(ConfigValueError, match="expected a .png"):
         plot_runs([tmp_path], tmp_path / "x.jpg")
+    for c in (a, b):
+        c.values["eval/win_rate"] = c.values["eval/return"] / 10
+    drawn = plot_curves([a, b], tmp_path / "x.png", title="t")
+    assert drawn.out.read_bytes().startswith(b"\x89PNG") and drawn.lines == [
+        "vdn (x, 2 seeds): final return 3, win_rate 0.3"]
 
 
 def test_running_state_norm_matches_full_data_statistics() -> None:

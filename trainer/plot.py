@@ -81,19 +81,29 @@ def aggregate(curves: list[Curve], key: str, n_grid: int = 200) -> tuple[np.ndar
     return grid, mean, mean - std, mean + std
 
 
+def _png(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigValueError(f"--out {out}: expected a .png file")
+    return out
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path, source: str = "eval", title: str | None = None) -> PlotResult:
     """Draw return and win rate vs env steps of ``run_dirs`` (grouped by algo and env) to a PNG at ``out``."""
+    _png(out)
+    if not run_dirs:
+        raise ConfigValueError("give at least one run directory")
+    return plot_curves([read_curve(d, source) for d in run_dirs], out, source=source, title=title)
+
+
+def plot_curves(curves: list[Curve], out: str | Path, source: str = "eval", title: str | None = None) -> PlotResult:
+    """Draw ``curves`` (from run dirs, or rebuilt from a report's rows) grouped by algo and env to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ConfigValueError(f"--out {out}: expected a .png file")
-    if not run_dirs:
-        raise ConfigValueError("give at least one run directory")
-    curves = [read_curve(d, source) for d in run_dirs]
+    out = _png(out)
     groups: dict[tuple[str, str], list[Curve]] = {}
     for c in curves:
         groups.setdefault((c.algo, c.env_id), []).append(c)
@@ -117,7 +127,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, source: str = "eval",
         lines.append(f"{label}: final {', '.join(finals) or 'no points'}")
     if drawn == 0:
         plt.close(fig)
-        raise TrainerError(f"no {source} points in {', '.join(map(str, run_dirs))}: the runs logged no "
+        raise TrainerError(f"no {source} points in {', '.join(str(c.run_dir) for c in curves)}: the runs logged no "
                            f"{source} events yet (try --source {'train' if source == 'eval' else 'eval'})")
     for ax, key in zip(axes[0], keys[:n_panels], strict=True):
         ax.set_xlabel("env steps")
