@@ -86,6 +86,9 @@ class BatchStep:
     final_obs: np.ndarray  # [B, N, O]
     final_state: np.ndarray  # [B, S]
     final_avail: np.ndarray  # [B, N, A]
+    device_views: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The env's own arrays behind ``obs``/``state``/``avail`` where it computes them in a framework that can
+    share memory through DLPack (SMAX: JAX, on the CPU or a GPU); None for NumPy envs. Never written to."""
 
     @property
     def done(self) -> np.ndarray:

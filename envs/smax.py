@@ -28,9 +28,12 @@ batched environment ``b`` episode after episode, and the same seed always gives 
 
 The batched env steps all ``B`` environments in ONE jitted, vmapped call (step, auto-reset of
 finished ones, views of both) and hands the results to NumPy without copies (``np.asarray``
-of a CPU jax array is a view). On an accelerator, ``torch.from_dlpack(jax_array)`` shares
-the memory with PyTorch instead; the jax arrays of the last step are kept in
-``SmaxBatchedEnv.last_device_arrays`` for that purpose.
+of a CPU jax array is a view). The jax arrays behind ``obs``/``state``/``avail`` ride along as
+``BatchStep.device_views``: the trainer hands them to PyTorch with ``torch.from_dlpack`` where JAX and
+PyTorch share a device (no copy; on a GPU, no trip through the host). With a GPU JAX, the NumPy views
+are device-to-host copies (the replay buffer and the avail-mask check live on the host), and JAX is
+kept from preallocating the GPU's memory (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set), which
+PyTorch needs in the same process.
 """
 from __future__ import annotations
 
@@ -179,6 +182,7 @@ def _quiet_jaxmarl_import() -> Iterator[None]:
 
 def _import_jax() -> tuple[Any, Any, Any, Any]:
     """Import JAX and jaxmarl's SMAX (quietly), or say what to install."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch shares the GPU in this process
     try:
         import jax
         import jax.numpy as jnp
@@ -435,8 +439,6 @@ class SmaxBatchedEnv:
         self._no_force = np.zeros(num_envs, bool)
         self._force = np.ones(num_envs, bool)
         self._noop = np.zeros((num_envs, self.spec.n_agents), np.int32)
-        self.last_device_arrays: tuple[Any, ...] = ()
-        """The jax arrays behind the last BatchStep (for ``torch.from_dlpack`` on an accelerator)."""
 
     def reset(self, seed: int | None = None) -> BatchStep:
         """Environment ``b`` starts from ``fold_in(PRNGKey(seed), b)``; ``None`` continues each stream."""
@@ -461,12 +463,12 @@ class SmaxBatchedEnv:
         return self._batch(*out)
 
     def _batch(self, views: Any, final: Any, *rest: Any) -> BatchStep:
-        self.last_device_arrays = (*views, *final, *rest)
         obs, state, avail = (np.asarray(v) for v in views)
         f_obs, f_state, f_avail = (np.asarray(v) for v in final)
         reward, term, trunc, won, score = (np.asarray(x) for x in rest)
         self._avail = avail
-        return BatchStep(obs, state, avail, reward, term, trunc, won, score, f_obs, f_state, f_avail)
+        return BatchStep(obs, state, avail, reward, term, trunc, won, score, f_obs, f_state, f_avail,
+                         device_views=dict(zip(("obs", "state", "avail"), views, strict=True)))
 
     def render(self, index: int = 0) -> np.ndarray:
         """Environment ``index``'s current battle as uint8 ``[H, W, 3]``."""

@@ -188,13 +188,35 @@ def test_render_draws_both_teams(core3m: smax.SmaxCore) -> None:
     assert np.asarray(blue.nonzero()[1]).mean() < np.asarray(red.nonzero()[1]).mean(), "allies start west"
 
 
-def test_batched_views_are_numpy_and_shareable_by_dlpack(core3m: smax.SmaxCore) -> None:
+def test_trainer_takes_smax_views_through_dlpack_without_a_copy(core3m: smax.SmaxCore) -> None:
+    """The arrays the networks read are JAX's own buffers (on a GPU the same path skips the host); a NumPy
+    env's arrays, which it may reuse, are copied. The rollout worker goes through the same hand-off."""
+    import dataclasses
+
     torch = pytest.importorskip("torch")
+    from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+    from marlctl.trainer.rollout import RolloutWorker
+    from marlctl.trainer.step_tensors import TRANSFERS, step_tensor
+
+    cpu = torch.device("cpu")
     batched = smax.SmaxBatchedEnv(core3m.config, 2, core3m)
     b = batched.reset(0)
     assert all(isinstance(x, np.ndarray) for x in (b.obs, b.state, b.avail, b.reward, b.final_obs))
-    shared = torch.from_dlpack(batched.last_device_arrays[0])
-    np.testing.assert_array_equal(shared.numpy(), b.obs)
+    before = dict(TRANSFERS)
+    for name, dtype in (("obs", torch.float32), ("state", torch.float32), ("avail", torch.bool)):
+        t = step_tensor(b, name, cpu, dtype)
+        assert t.dtype == dtype and t.data_ptr() == b.device_views[name].unsafe_buffer_pointer()
+        np.testing.assert_array_equal(t.numpy(), getattr(b, name))
+    assert TRANSFERS["dlpack"] == before.get("dlpack", 0) + 3 and TRANSFERS["copy"] == before.get("copy", 0)
+    copied = step_tensor(dataclasses.replace(b, device_views=None), "obs", cpu)
+    assert copied.data_ptr() != b.obs.ctypes.data and TRANSFERS["copy"] == before.get("copy", 0) + 1
+    spec = batched.spec
+    net = AgentNet(AgentNetConfig(obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
+                                  hidden_dim=8))
+    worker = RolloutWorker(batched, net, cpu)
+    mark = TRANSFERS["dlpack"]
+    worker.run_steps(5, 0.5, np.random.default_rng(0), None, reset_seed=1)
+    assert TRANSFERS["dlpack"] == mark + 5  # one obs hand-off per step, none copied
 
 
 def test_quiet_import_keeps_stdout_and_prints_nothing() -> None:

@@ -14,6 +14,7 @@ import torch
 from marlctl.agents.recurrent import AgentNet
 from marlctl.envs.base import BatchedEnv, BatchStep
 from marlctl.trainer.replay import EpisodeArrays, ReplayBuffer
+from marlctl.trainer.step_tensors import step_tensor
 
 
 def derive_seed(*parts: int) -> int:
@@ -78,7 +79,7 @@ class RolloutWorker:
 
     @torch.no_grad()
     def _act(self, step: BatchStep, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        obs_RO = torch.tensor(step.obs, device=self.device).reshape(self.B * self.N, -1)  # R = B*N rows (a copy)
+        obs_RO = step_tensor(step, "obs", self.device).reshape(self.B * self.N, -1)  # R = B*N rows
         q_RA, self.hidden = self.net(obs_RO, self.prev_action, self.agent_ids, self.hidden)
         q_BNA = q_RA.reshape(self.B, self.N, -1).cpu().numpy()
         actions_BN = epsilon_greedy(q_BNA, step.avail, epsilon, rng)

@@ -20,6 +20,7 @@ from marlctl.trainer.ppo.networks import run_agents
 from marlctl.trainer.ppo.value_norm import ValueNorm
 from marlctl.trainer.rollout import derive_seed
 from marlctl.trainer.running_stats import RunningMeanStd
+from marlctl.trainer.step_tensors import step_tensor
 from torch import nn
 
 if TYPE_CHECKING:
@@ -245,6 +246,12 @@ class RecurrentPPOBase:
     def _tensor(self, x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.tensor(x, device=self.device, dtype=dtype)  # a copy: envs may reuse their arrays
 
+    def _views(self, step: BatchStep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``obs``, ``state``, ``avail`` of a step on the learner's device (shared through DLPack where they can be)."""
+        return (step_tensor(step, "obs", self.device, torch.float32),
+                step_tensor(step, "state", self.device, torch.float32),
+                step_tensor(step, "avail", self.device, torch.bool))
+
     def _actor_sequence(
         self, net: AgentNet, ro: Rollout
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,8 +304,7 @@ class RecurrentPPOBase:
         steps = 0
         for _t in range(self.T):
             cur = self._current
-            obs, state = self._tensor(cur.obs, torch.float32), self._tensor(cur.state, torch.float32)
-            avail = self._tensor(cur.avail, torch.bool)
+            obs, state, avail = self._views(cur)
             t0 = time.perf_counter()
             actions, logp, v_norm, hidden_out = self._act(obs, state, avail, self._prev, self._hidden, "sample")
             actions_np = actions.cpu().numpy()
@@ -407,8 +413,7 @@ class RecurrentPPOBase:
         for _ in range((int(quota.max()) + 1) * self.spec.episode_limit + 1):
             if (done_count >= quota).all():
                 break
-            obs, state = self._tensor(cur.obs, torch.float32), self._tensor(cur.state, torch.float32)
-            actions, _, _, hidden = self._act(obs, state, self._tensor(cur.avail, torch.bool), prev, hidden, mode)
+            actions, _, _, hidden = self._act(*self._views(cur), prev, hidden, mode)
             cur = env.step(actions.cpu().numpy())
             ep_ret += cur.reward
             ep_len += 1

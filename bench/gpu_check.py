@@ -1,0 +1,248 @@
+"""The CUDA paths, checked on a CUDA machine in a few minutes: JSON + Markdown into ``bench/results/gpu/``.
+
+1. ``dlpack``: a SMAX batch's ``obs``/``state``/``avail`` reach PyTorch on the GPU as JAX's own device buffers
+   (``torch.from_dlpack``: the tensor's address is the JAX buffer's, nothing copied, nothing through the host).
+2. ``train``: ``qmix`` and ``tad-ppo`` on ``smax:3m`` for ``--steps`` env steps with ``--device cuda`` and with
+   ``--device cpu`` on the same machine (env-steps/s of the whole loop; a short warm-up run first compiles the
+   map, so neither pays it); during the CUDA runs every observation must come through DLPack (none copied).
+3. ``export``: ``marlctl export`` of the CUDA QMIX run (verified against PyTorch as always).
+4. ``serve``: ``marlctl serve --device cuda`` of agent 0 - its ``GetSpec`` must name ``CUDAExecutionProvider`` -
+   and a short decision-latency bench (one stream, K concurrent episodes) against ``--device cpu``.
+
+A failed check is recorded with its reason and the script exits 1; the other checks still run. Run it through
+``bash bench/gpu_check.sh`` (it finds the Python, bounds the time); on a machine without CUDA it stops at once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ENV_ID = "smax:3m"
+
+
+def _serving_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("serving_bench", HERE / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+    from marlctl.serving.model import cuda_status
+
+    out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+                           "onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers(),
+                           "ort_cuda": list(cuda_status())}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import jax
+
+        out["jax"] = jax.__version__
+        out["jax_devices"] = [f"{d.platform}:{d.id}" for d in jax.devices()]
+    except Exception as exc:  # noqa: BLE001 - recorded, the dlpack check says what it means
+        out["jax"] = f"not importable: {exc}"
+    return out
+
+
+def check_dlpack(device: str) -> dict[str, Any]:
+    import torch
+    from marlctl.envs import make_batched_env
+    from marlctl.trainer.step_tensors import TRANSFERS, step_tensor
+
+    step = make_batched_env(ENV_ID, 64).reset(seed=0)
+    cuda = torch.device(device)
+    before = dict(TRANSFERS)
+    rows = {}
+    for name, dtype in (("obs", torch.float32), ("state", torch.float32), ("avail", torch.bool)):
+        t = step_tensor(step, name, cuda, dtype)
+        src = step.device_views[name]
+        rows[name] = {"jax_device": str(next(iter(src.devices()))), "tensor_device": str(t.device),
+                      "same_buffer": t.data_ptr() == src.unsafe_buffer_pointer(),
+                      "equal": bool(np.array_equal(t.cpu().numpy(), getattr(step, name)))}
+    copies = TRANSFERS["copy"] - before.get("copy", 0)
+    ok = copies == 0 and all(r["same_buffer"] and r["equal"] for r in rows.values())
+    reason = "" if ok else ("JAX computes SMAX on the CPU here (install a CUDA JAX, e.g. jax[cuda12]), so its "
+                            "arrays are copied to the GPU" if copies else "a tensor does not share JAX's buffer")
+    return {"ok": ok, "reason": reason, "arrays": rows, "copies": copies}
+
+
+def train_rate(algo: str, device: str, steps: int, runs: Path, seed: int = 0) -> dict[str, Any]:
+    from marlctl.trainer.config import load_config
+    from marlctl.trainer.run import train_run
+    from marlctl.trainer.step_tensors import TRANSFERS
+    from rich.console import Console
+
+    run_dir = runs / f"{algo}_{device}_{steps}"
+    cfg = load_config(algo, ENV_ID, overrides=["run.progress=false", "run.eval_interval=0", "run.eval_episodes=8",
+                                               "run.save_interval=0"], steps=steps, seed=seed, device=device)
+    before = dict(TRANSFERS)
+    t0 = time.perf_counter()
+    summary = train_run(cfg, run_dir, console=Console(stderr=True, quiet=True))
+    wall = time.perf_counter() - t0
+    return {"algo": algo, "device": device, "env_steps": summary.env_steps, "updates": summary.updates,
+            "wall_s": wall, "env_steps_per_s": summary.env_steps / wall, "run_dir": str(run_dir),
+            "dlpack": TRANSFERS["dlpack"] - before.get("dlpack", 0), "copied": TRANSFERS["copy"] - before.get("copy", 0)}
+
+
+def check_train(steps: int, runs: Path, jax_on_gpu: bool, device: str) -> dict[str, Any]:
+    for algo in ("qmix", "tad-ppo"):  # compile the map and the eval envs (and fill JAX's disk cache)
+        train_rate(algo, "cpu", 2_000, runs / "warmup")
+    rows = [train_rate(algo, dev, steps, runs / f"as_{i}") for algo in ("qmix", "tad-ppo")
+            for i, dev in enumerate(("cpu", device))]
+    by = {(r["algo"], i): r for i, r in enumerate(rows)}
+    ratios = {algo: by[(algo, 2 * k + 1)]["env_steps_per_s"] / by[(algo, 2 * k)]["env_steps_per_s"]
+              for k, algo in enumerate(("qmix", "tad-ppo"))}
+    cuda_rows = rows[1::2]
+    zero_copy = all(r["copied"] == 0 and r["dlpack"] > 0 for r in cuda_rows)
+    ok = zero_copy or not jax_on_gpu  # without a GPU JAX the copy is the only way; the dlpack check says so
+    return {"ok": ok, "reason": "" if ok else "observations were copied during CUDA training", "rows": rows,
+            "cuda_over_cpu": ratios, "zero_copy_during_cuda_training": zero_copy}
+
+
+def _marlctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "marlctl.cli.app", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def check_export(run_dir: str, model_dir: Path) -> dict[str, Any]:
+    p = _marlctl("export", run_dir, "--out", str(model_dir))
+    ok = p.returncode == 0 and (model_dir / "manifest.json").is_file()
+    return {"ok": ok, "reason": "" if ok else (p.stderr or p.stdout)[-800:], "model_dir": str(model_dir)}
+
+
+def check_serve(model_dir: Path, seconds: float, device: str) -> dict[str, Any]:
+    import grpc
+    from marlctl.proto import agent_pb2, agent_pb2_grpc
+
+    sb = _serving_bench()
+    sb.SERVER_CPUS = None  # no pinning on a many-core GPU machine
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    obs_TO = rng.standard_normal((sb.EPISODE_LEN, manifest["obs_dim"])).astype(np.float32)
+    avail_TA = np.ones((sb.EPISODE_LEN, manifest["n_actions"]), dtype=bool)
+    out: dict[str, Any] = {"rows": []}
+    for i, dev in enumerate(("cpu", device)):
+        port = sb.free_port()
+        target = f"127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0", "--port", str(port),
+               "--device", dev]
+        try:
+            proc = sb.start_process(cmd, target)
+        except RuntimeError as exc:
+            out["rows"].append({"device": dev, "error": str(exc), "under_test": i == 1})
+            continue
+        try:
+            with grpc.insecure_channel(target) as ch:
+                spec = agent_pb2_grpc.AgentServiceStub(ch).GetSpec(agent_pb2.GetSpecRequest(), timeout=10)
+            for k in (1, 64):
+                cell = sb.bench_service(target, "stream", k, seconds, obs_TO, avail_TA, proc.pid)
+                out["rows"].append({"device": dev, "under_test": i == 1, "provider": spec.execution_provider,
+                                    "concurrency": k,
+                                    "p50_us": cell.p50_us, "p99_us": cell.p99_us,
+                                    "decisions_per_s": cell.decisions_per_s})
+        finally:
+            sb.stop_process(proc)
+    want = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    cuda_rows = [r for r in out["rows"] if r["under_test"]]
+    out["ok"] = bool(cuda_rows) and all(r.get("provider") == want for r in cuda_rows)
+    out["reason"] = "" if out["ok"] else "; ".join(
+        r.get("error") or f"the {device} server runs on {r.get('provider')}" for r in cuda_rows) or "no server row"
+    return out
+
+
+def render(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    title = "GPU check" if res["device"] == "cuda" else "GPU check: rehearsal on the CPU (proves the script only)"
+    md = [f"# {title} ({res['date']})", "",
+          f"Command: `bash bench/gpu_check.sh {' '.join(res['argv'])}`. GPU {m.get('gpu', '-')}, torch {m['torch']} "
+          f"(CUDA {m['torch_cuda']}), JAX {m.get('jax')} on {', '.join(m.get('jax_devices', []))}, onnxruntime "
+          f"{m['onnxruntime']} ({'CUDA provider usable' if m['ort_cuda'][0] else m['ort_cuda'][1]}).", "",
+          "| check | ok | note |", "|---|---|---|"]
+    for name in ("dlpack", "train", "export", "serve"):
+        c = res["checks"].get(name, {"ok": False, "reason": "not run"})
+        md.append(f"| {name} | {'yes' if c['ok'] else '**no**'} | {c.get('reason') or ''} |")
+    train = res["checks"].get("train", {})
+    if train.get("rows"):
+        md += ["", f"## Training loop on {ENV_ID} ({train['rows'][0]['env_steps']:,} env steps)", "",
+               "| algo | device | env-steps/s | updates | arrays handed over through DLPack | copied |",
+               "|---|---|---:|---:|---:|---:|"]
+        md += [f"| {r['algo']} | {r['device']} | {r['env_steps_per_s']:,.0f} | {r['updates']} | {r['dlpack']} | "
+               f"{r['copied']} |" for r in train["rows"]]
+        md += ["", f"{res['device']} / cpu env-steps/s: " + ", ".join(f"{a} {v:.2f}x" for a, v in train["cuda_over_cpu"].items())]
+    serve = res["checks"].get("serve", {})
+    if serve.get("rows"):
+        md += ["", "## Serving agent 0 (one stream per episode)", "",
+               "| device | provider | K | p50 us | p99 us | decisions/s |", "|---|---|---:|---:|---:|---:|"]
+        md += [f"| {r['device']} | {r.get('provider', '-')} | {r.get('concurrency', '-')} | {r.get('p50_us', 0):.0f} | "
+               f"{r.get('p99_us', 0):.0f} | {r.get('decisions_per_s', 0):,.0f} |" if "error" not in r else
+               f"| {r['device']} | error: {r['error']} | | | | |" for r in serve["rows"]]
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30_000, help="env steps per training run")
+    ap.add_argument("--serve-seconds", type=float, default=2.0)
+    ap.add_argument("--out", default=str(HERE / "results" / "gpu"), help="directory of gpu_check.{json,md}")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: a rehearsal with the CPU in the GPU's place (proves the script, not the GPU)")
+    args = ap.parse_args(argv)
+    import torch
+    from marlctl.agents.files import atomic_write_text
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: PyTorch sees no CUDA device here - nothing to check (the CUDA paths stay unproven)",
+              file=sys.stderr)
+        return 2
+    res: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": args.device,
+                           "argv": sys.argv[1:] if argv is None else argv, "machine": machine(), "checks": {}}
+    work = Path(tempfile.mkdtemp(prefix="marlctl-gpu-"))
+
+    def attempt(name: str, fn: Any, *a: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            out = fn(*a)
+        except Exception as exc:  # noqa: BLE001 - one failed check must not hide the others
+            out = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"[:500], "traceback": traceback.format_exc()}
+        out["wall_s"] = time.perf_counter() - t0
+        res["checks"][name] = out
+        print(f"gpu_check {name}: {'ok' if out['ok'] else 'FAILED ' + out['reason']} ({out['wall_s']:.0f} s)",
+              file=sys.stderr, flush=True)
+        return out
+
+    jax_on_device = args.device == "cpu" or any(not d.startswith("cpu") for d in res["machine"].get("jax_devices", []))
+    attempt("dlpack", check_dlpack, args.device)
+    train = attempt("train", check_train, args.steps, work / "runs", jax_on_device, args.device)
+    rows = train.get("rows", [])
+    if rows and attempt("export", check_export, rows[1]["run_dir"], work / "model")["ok"]:  # qmix on the device
+        attempt("serve", check_serve, work / "model", args.serve_seconds, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "gpu_check.json", json.dumps(res, indent=1, default=str) + "\n")
+    atomic_write_text(out / "gpu_check.md", render(res))
+    print(render(res))
+    return 0 if all(c["ok"] for c in res["checks"].values()) and len(res["checks"]) == 4 else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    sys.exit(main())
