@@ -1,10 +1,12 @@
 """The CUDA paths, checked on a CUDA machine in a few minutes: JSON + Markdown into ``bench/results/gpu/``.
 
 1. ``dlpack``: a SMAX batch's ``obs``/``state``/``avail`` reach PyTorch on the GPU as JAX's own device buffers
-   (``torch.from_dlpack``: the tensor's address is the JAX buffer's, nothing copied, nothing through the host).
-2. ``train``: ``qmix`` and ``tad-ppo`` on ``smax:3m`` for ``--steps`` env steps with ``--device cuda`` and with
-   ``--device cpu`` on the same machine (env-steps/s of the whole loop; a short warm-up run first compiles the
-   map, so neither pays it); during the CUDA runs every observation must come through DLPack (none copied).
+   (``torch.from_dlpack``: the tensor's address is the JAX buffer's, no copy, no host-to-device upload; the env
+   still makes its host NumPy views for the replay buffer, a device-to-host copy per step).
+2. ``train``: ``qmix`` and ``tad-ppo`` on ``smax:3m`` for ``--steps`` env steps, each run its own process after a
+   short warm-up run in that process (compiles, cuBLAS start-up): all on the GPU (JAX and PyTorch, ``--device
+   cuda``) against all on the CPU (``JAX_PLATFORMS=cpu``, ``--device cpu``) on the same machine, env-steps/s of
+   the whole loop; during the CUDA runs every array must come through DLPack (none copied).
 3. ``export``: ``marlctl export`` of the CUDA QMIX run (verified against PyTorch as always).
 4. ``serve``: ``marlctl serve --device cuda`` of agent 0 - its ``GetSpec`` must name ``CUDAExecutionProvider`` -
    and a short decision-latency bench (one stream, K concurrent episodes) against ``--device cpu``.
@@ -45,12 +47,15 @@ def _serving_bench() -> Any:
 def machine() -> dict[str, Any]:
     import onnxruntime as ort
     import torch
-    from marlctl.serving.model import cuda_status
 
+    # ONNX Runtime's CUDA probe preloads CUDA/cuDNN libraries: in its own process, so JAX and PyTorch here load theirs
+    probe = subprocess.run([sys.executable, "-c", "import json; from marlctl.serving.model import cuda_status; "
+                            "print(json.dumps(cuda_status()))"], capture_output=True, text=True, timeout=120, check=False)
+    ort_cuda = json.loads(probe.stdout) if probe.returncode == 0 else [False, f"probe failed: {probe.stderr[-300:]}"]
     out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
                            "onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers(),
-                           "ort_cuda": list(cuda_status())}
+                           "ort_cuda": ort_cuda}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -86,27 +91,41 @@ def check_dlpack(device: str) -> dict[str, Any]:
 
 
 def train_rate(algo: str, device: str, steps: int, runs: Path, seed: int = 0) -> dict[str, Any]:
+    """One timed training run in this process, after a 2,000-step warm-up run of the same algorithm."""
     from marlctl.trainer.config import load_config
     from marlctl.trainer.run import train_run
     from marlctl.trainer.step_tensors import TRANSFERS
     from rich.console import Console
 
+    def run(n: int, run_dir: Path) -> Any:
+        cfg = load_config(algo, ENV_ID, overrides=["run.progress=false", "run.eval_interval=0",
+                                                   "run.eval_episodes=8", "run.save_interval=0"],
+                          steps=n, seed=seed, device=device)
+        return train_run(cfg, run_dir, console=Console(stderr=True, quiet=True))
+
+    run(2_000, runs / f"warmup_{algo}_{device}")
     run_dir = runs / f"{algo}_{device}_{steps}"
-    cfg = load_config(algo, ENV_ID, overrides=["run.progress=false", "run.eval_interval=0", "run.eval_episodes=8",
-                                               "run.save_interval=0"], steps=steps, seed=seed, device=device)
     before = dict(TRANSFERS)
     t0 = time.perf_counter()
-    summary = train_run(cfg, run_dir, console=Console(stderr=True, quiet=True))
+    summary = run(steps, run_dir)
     wall = time.perf_counter() - t0
     return {"algo": algo, "device": device, "env_steps": summary.env_steps, "updates": summary.updates,
             "wall_s": wall, "env_steps_per_s": summary.env_steps / wall, "run_dir": str(run_dir),
             "dlpack": TRANSFERS["dlpack"] - before.get("dlpack", 0), "copied": TRANSFERS["copy"] - before.get("copy", 0)}
 
 
+def train_row(algo: str, device: str, steps: int, runs: Path) -> dict[str, Any]:
+    """``train_rate`` in a fresh process; the CPU baseline's JAX is kept off the GPU (``JAX_PLATFORMS=cpu``)."""
+    env = dict(os.environ, **({"JAX_PLATFORMS": "cpu"} if device == "cpu" else {}))
+    p = subprocess.run([sys.executable, __file__, "--train-row", algo, device, str(steps), str(runs)], env=env,
+                       capture_output=True, text=True, timeout=400, check=False)
+    if p.returncode != 0:
+        raise RuntimeError(f"{algo} on {device}: {(p.stderr or p.stdout)[-600:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def check_train(steps: int, runs: Path, jax_on_gpu: bool, device: str) -> dict[str, Any]:
-    for algo in ("qmix", "tad-ppo"):  # compile the map and the eval envs (and fill JAX's disk cache)
-        train_rate(algo, "cpu", 2_000, runs / "warmup")
-    rows = [train_rate(algo, dev, steps, runs / f"as_{i}") for algo in ("qmix", "tad-ppo")
+    rows = [train_row(algo, dev, steps, runs / f"as_{i}") for algo in ("qmix", "tad-ppo")
             for i, dev in enumerate(("cpu", device))]
     by = {(r["algo"], i): r for i, r in enumerate(rows)}
     ratios = {algo: by[(algo, 2 * k + 1)]["env_steps_per_s"] / by[(algo, 2 * k)]["env_steps_per_s"]
@@ -177,6 +196,8 @@ def render(res: dict[str, Any]) -> str:
           f"(CUDA {m['torch_cuda']}), JAX {m.get('jax')} on {', '.join(m.get('jax_devices', []))}, onnxruntime "
           f"{m['onnxruntime']} ({'CUDA provider usable' if m['ort_cuda'][0] else m['ort_cuda'][1]}).", "",
           "| check | ok | note |", "|---|---|---|"]
+    if res.get("stopped"):
+        md[-2:-2] = [f"**Stopped early:** {res['stopped']}.", ""]
     for name in ("dlpack", "train", "export", "serve"):
         c = res["checks"].get(name, {"ok": False, "reason": "not run"})
         md.append(f"| {name} | {'yes' if c['ok'] else '**no**'} | {c.get('reason') or ''} |")
@@ -217,32 +238,49 @@ def main(argv: list[str] | None = None) -> int:
                            "argv": sys.argv[1:] if argv is None else argv, "machine": machine(), "checks": {}}
     work = Path(tempfile.mkdtemp(prefix="marlctl-gpu-"))
 
+    out = Path(args.out)
+
+    def save() -> None:  # after every check: a run stopped by the time bound keeps what it measured
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "gpu_check.json", json.dumps(res, indent=1, default=str) + "\n")
+        atomic_write_text(out / "gpu_check.md", render(res))
+
     def attempt(name: str, fn: Any, *a: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            out = fn(*a)
+            got = fn(*a)
         except Exception as exc:  # noqa: BLE001 - one failed check must not hide the others
-            out = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"[:500], "traceback": traceback.format_exc()}
-        out["wall_s"] = time.perf_counter() - t0
-        res["checks"][name] = out
-        print(f"gpu_check {name}: {'ok' if out['ok'] else 'FAILED ' + out['reason']} ({out['wall_s']:.0f} s)",
+            got = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"[:500], "traceback": traceback.format_exc()}
+        got["wall_s"] = time.perf_counter() - t0
+        res["checks"][name] = got
+        print(f"gpu_check {name}: {'ok' if got['ok'] else 'FAILED ' + got['reason']} ({got['wall_s']:.0f} s)",
               file=sys.stderr, flush=True)
-        return out
+        save()
+        return got
 
     jax_on_device = args.device == "cpu" or any(not d.startswith("cpu") for d in res["machine"].get("jax_devices", []))
-    attempt("dlpack", check_dlpack, args.device)
-    train = attempt("train", check_train, args.steps, work / "runs", jax_on_device, args.device)
-    rows = train.get("rows", [])
-    if rows and attempt("export", check_export, rows[1]["run_dir"], work / "model")["ok"]:  # qmix on the device
-        attempt("serve", check_serve, work / "model", args.serve_seconds, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "gpu_check.json", json.dumps(res, indent=1, default=str) + "\n")
-    atomic_write_text(out / "gpu_check.md", render(res))
+    try:
+        attempt("dlpack", check_dlpack, args.device)
+        train = attempt("train", check_train, args.steps, work / "runs", jax_on_device, args.device)
+        rows = train.get("rows", [])
+        if rows and attempt("export", check_export, rows[1]["run_dir"], work / "model")["ok"]:  # qmix, device
+            attempt("serve", check_serve, work / "model", args.serve_seconds, args.device)
+    except KeyboardInterrupt:  # gpu_check.sh's time bound (SIGINT): keep the finished checks, say what stopped
+        res["stopped"] = "the time bound stopped the run; checks not listed did not finish"
+        save()
+        print(render(res))
+        return 1
     print(render(res))
     return 0 if all(c["ok"] for c in res["checks"].values()) and len(res["checks"]) == 4 else 1
 
 
+def _train_row_main(algo: str, device: str, steps: str, runs: str) -> int:
+    print(json.dumps(train_rate(algo, device, int(steps), Path(runs))), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if sys.argv[1:2] == ["--train-row"]:  # one timed run, in its own process (check_train)
+        sys.exit(_train_row_main(*sys.argv[2:6]))
     sys.exit(main())

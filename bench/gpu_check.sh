@@ -22,4 +22,4 @@ if ! "$PY" -c "import marlctl.trainer" 2>/dev/null; then
     echo "gpu_check: $PY cannot import marlctl's training and serving parts (above: what is missing);" \
          "run scripts/setup.sh or install the missing packages" >&2; exit 1; }
 fi
-exec timeout --signal=INT 480 "$PY" bench/gpu_check.py "$@"
+exec timeout --signal=INT --kill-after=30 480 "$PY" bench/gpu_check.py "$@"

@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/smax_learning", help="path prefix of .json/.md/.png")
     ap.add_argument("--merge", action="append", default=[], metavar="REPORT.json",
                     help="add the finished cells of an earlier report of this bench (same budget, overrides and "
-                         "eval settings; its run dirs may be gone) to this one; a cell in the grid wins")
+                         "eval settings; its run dirs may be gone) to this one: a grid cell it holds is not "
+                         "trained again unless its run dir has finished, which then wins")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: report the finished cells (and --merge), e.g. while the grid is running")
     args = ap.parse_args(argv)
@@ -225,21 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from_reports = {(r["env"], r["algo"], r["seed"]) for extra in merged for r in extra}
     tag = "_".join(_slug(a) for a in args.overrides) or "defaults"
     rows = []
     for env_id in envs:
         for algo in algos:
             for seed in args.seeds:
                 run_dir = Path(args.runs) / _slug(env_id) / f"{args.steps}_{tag}" / algo / f"seed{seed}"
-                if args.report_only and _ended(run_dir, args.steps) is None:
-                    continue
+                if (args.report_only or (env_id, algo, seed) in from_reports) and _ended(run_dir, args.steps) is None:
+                    continue  # nothing to train here (reported from its earlier report, or not at all)
                 try:
                     row = run_cell(env_id, algo, seed, run_dir, args)
                 except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
                     row = {"env": env_id, "algo": algo, "seed": seed, "error": f"{type(exc).__name__}: {exc}"[:200]}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
-    have = {(r["env"], r["algo"], r["seed"]) for r in rows}
+    have = {(r["env"], r["algo"], r["seed"]) for r in rows if "error" not in r}
     for extra in merged:
         for r in extra:
             if (r["env"], r["algo"], r["seed"]) not in have:
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
                 envs += [r["env"]] if r["env"] not in envs else []
                 algos += [r["algo"]] if r["algo"] not in algos else []
+    rows = [r for r in rows if "error" not in r or (r["env"], r["algo"], r["seed"]) not in have]  # superseded
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"envs": envs, "algos": algos, "steps": args.steps, "seeds": args.seeds,

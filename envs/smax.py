@@ -30,7 +30,7 @@ The batched env steps all ``B`` environments in ONE jitted, vmapped call (step, 
 finished ones, views of both) and hands the results to NumPy without copies (``np.asarray``
 of a CPU jax array is a view). The jax arrays behind ``obs``/``state``/``avail`` ride along as
 ``BatchStep.device_views``: the trainer hands them to PyTorch with ``torch.from_dlpack`` where JAX and
-PyTorch share a device (no copy; on a GPU, no trip through the host). With a GPU JAX, the NumPy views
+PyTorch share a device (no copy; on a GPU, no host-to-device upload). With a GPU JAX, the NumPy views
 are device-to-host copies (the replay buffer and the avail-mask check live on the host), and JAX is
 kept from preallocating the GPU's memory (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set), which
 PyTorch needs in the same process.

@@ -50,6 +50,17 @@ def test_merge_reports_finished_cells_of_earlier_reports_and_trains_nothing(tmp_
     assert out.with_name("merged.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_merge_does_not_retrain_a_cell_an_earlier_report_holds(tmp_path: Path) -> None:
+    """Without --report-only an unfinished grid cell is trained - unless a merged report already holds it."""
+    bench = _bench()
+    a = _report(tmp_path / "a.json", "qmix", [0.5], [])
+    out = tmp_path / "m"
+    assert bench.main(["--envs", ENV, "--algos", "qmix", "--steps", "1000", "--eval-interval", "500", "--seeds", "0",
+                       "--runs", str(tmp_path / "runs"), "--out", str(out), "--merge", str(a)]) == 0
+    assert not (tmp_path / "runs").exists()
+    assert "| qmix | 1 | 0.50 [0.50, 0.50]" in out.with_name("m.md").read_text()
+
+
 def test_merge_refuses_a_report_with_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _bench()
     other = _report(tmp_path / "greedy.json", "tad-ppo", [0.5], ["algo.distill_target=greedy"])
