@@ -34,6 +34,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ENV_ID = "smax:3m"
+ALGOS = ("qmix", "tad-ppo")
+MARLCTL = [sys.executable, "-m", "marlctl.cli.app"]  # the CLI of the Python running this (marlctl may be a shim)
 
 
 def _serving_bench() -> Any:
@@ -125,25 +127,20 @@ def train_row(algo: str, device: str, steps: int, runs: Path) -> dict[str, Any]:
 
 
 def check_train(steps: int, runs: Path, jax_on_gpu: bool, device: str) -> dict[str, Any]:
-    rows = [train_row(algo, dev, steps, runs / f"as_{i}") for algo in ("qmix", "tad-ppo")
-            for i, dev in enumerate(("cpu", device))]
-    by = {(r["algo"], i): r for i, r in enumerate(rows)}
-    ratios = {algo: by[(algo, 2 * k + 1)]["env_steps_per_s"] / by[(algo, 2 * k)]["env_steps_per_s"]
-              for k, algo in enumerate(("qmix", "tad-ppo"))}
-    cuda_rows = rows[1::2]
-    zero_copy = all(r["copied"] == 0 and r["dlpack"] > 0 for r in cuda_rows)
+    """Per algorithm a (CPU baseline, device under test) pair of timed runs; rows alternate baseline, device."""
+    pairs = {algo: (train_row(algo, "cpu", steps, runs / "baseline"), train_row(algo, device, steps, runs / "device"))
+             for algo in ALGOS}
+    rows = [r for pair in pairs.values() for r in pair]
+    ratios = {algo: dev["env_steps_per_s"] / base["env_steps_per_s"] for algo, (base, dev) in pairs.items()}
+    zero_copy = all(dev["copied"] == 0 and dev["dlpack"] > 0 for _, dev in pairs.values())
     ok = zero_copy or not jax_on_gpu  # without a GPU JAX the copy is the only way; the dlpack check says so
     return {"ok": ok, "reason": "" if ok else "observations were copied during CUDA training", "rows": rows,
             "cuda_over_cpu": ratios, "zero_copy_during_cuda_training": zero_copy}
 
 
-def _marlctl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "marlctl.cli.app", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
 def check_export(run_dir: str, model_dir: Path) -> dict[str, Any]:
-    p = _marlctl("export", run_dir, "--out", str(model_dir))
+    p = subprocess.run([*MARLCTL, "export", run_dir, "--out", str(model_dir)], capture_output=True, text=True,
+                       timeout=300, check=False)
     ok = p.returncode == 0 and (model_dir / "manifest.json").is_file()
     return {"ok": ok, "reason": "" if ok else (p.stderr or p.stdout)[-800:], "model_dir": str(model_dir)}
 
@@ -162,8 +159,7 @@ def check_serve(model_dir: Path, seconds: float, device: str) -> dict[str, Any]:
     for i, dev in enumerate(("cpu", device)):
         port = sb.free_port()
         target = f"127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "marlctl.cli.app", "serve", str(model_dir), "--agent", "0", "--port", str(port),
-               "--device", dev]
+        cmd = [*MARLCTL, "serve", str(model_dir), "--agent", "0", "--port", str(port), "--device", dev]
         try:
             proc = sb.start_process(cmd, target)
         except RuntimeError as exc:
