@@ -27,26 +27,31 @@ def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
 
 
 def unroll(net: AgentNet, obs_BTNO: torch.Tensor, prev_BTN: torch.Tensor,
-           steps_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           steps_B: torch.Tensor | None = None, features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scores ``[B, T, N, A]`` and hidden features ``[B, T, N, H]`` of ``net`` over every step of every episode.
 
     ``steps_B`` (int, optional): how many leading steps of each episode exist (an episode of ``L``
     transitions has ``L + 1`` views). Only those are computed; the scores and features after them are
     zero. Steps that do not depend on the hidden state (the input layers, the head) run in one call
     over all real rows; the recurrent cell runs once per step over the episodes still going.
+    ``features=False`` skips laying out the features (``None`` in their place) for callers that read
+    the scores only.
     """
     B, T, N, _ = obs_BTNO.shape
     device = obs_BTNO.device
     packed = steps_B is not None and bool((steps_B < T).any())
     if packed:
-        # Episodes longest first, time-major: at step t the rows still going are a prefix, and the real
-        # rows of the whole batch, read in (t, episode, agent) order, are exactly the packed sequence.
+        # Episodes longest first, time-major: at step t the rows still going are a prefix. ``rows_P`` are
+        # the positions, in the flat (episode, step, agent) layout, of the real rows read in (t, episode
+        # by length, agent) order: one gather packs them and one scatter unpacks the outputs.
         order_B = torch.argsort(steps_B.clamp(max=T), descending=True, stable=True)
         live_TB = torch.arange(T, device=device).unsqueeze(1) < steps_B[order_B].unsqueeze(0)  # [T, B]
-        live_TBN = live_TB.unsqueeze(-1).expand(T, B, N)
-        obs_PO = obs_BTNO[order_B].transpose(0, 1)[live_TBN]  # [P, O], P = N * sum(steps)
-        prev_P = prev_BTN[order_B].transpose(0, 1)[live_TBN]
-        ids_P = torch.arange(N, device=device).expand(T, B, N)[live_TBN]
+        t_P, b_P = live_TB.nonzero(as_tuple=True)  # row-major: by t, then by the sorted episode
+        rows_TB = ((order_B[b_P] * T + t_P) * N).unsqueeze(1)  # [P/N, 1] first agent's flat row
+        rows_P = (rows_TB + torch.arange(N, device=device)).reshape(-1)  # [P]
+        obs_PO = obs_BTNO.reshape(B * T * N, -1).index_select(0, rows_P)
+        prev_P = prev_BTN.reshape(-1).index_select(0, rows_P)
+        ids_P = rows_P % N
         rows_T = (live_TB.sum(1) * N).tolist()  # rows still going at each step (non-increasing)
     else:  # every episode runs all T steps: no reordering
         obs_PO = obs_BTNO.transpose(0, 1).reshape(T * B * N, -1)
@@ -68,9 +73,10 @@ def unroll(net: AgentNet, obs_BTNO: torch.Tensor, prev_BTN: torch.Tensor,
         h_PH = F.relu(net.rnn(x_PH))
     q_PA = net.head(h_PH)
     if not packed:
-        return q_PA.view(T, B, N, -1).transpose(0, 1), h_PH.view(T, B, N, -1).transpose(0, 1)
-    q_TBNA = q_PA.new_zeros(T, B, N, q_PA.shape[-1])
-    h_TBNH = h_PH.new_zeros(T, B, N, h_PH.shape[-1])
-    q_TBNA[live_TBN], h_TBNH[live_TBN] = q_PA, h_PH
-    inverse_B = torch.argsort(order_B)
-    return q_TBNA.transpose(0, 1)[inverse_B], h_TBNH.transpose(0, 1)[inverse_B]
+        q = q_PA.view(T, B, N, -1).transpose(0, 1)
+        return q, (h_PH.view(T, B, N, -1).transpose(0, 1) if features else None)
+
+    def unpack(x_PD: torch.Tensor) -> torch.Tensor:
+        return x_PD.new_zeros(B * T * N, x_PD.shape[-1]).index_copy(0, rows_P, x_PD).view(B, T, N, -1)
+
+    return unpack(q_PA), (unpack(h_PH) if features else None)

@@ -76,7 +76,8 @@ class ValueLearner:
 
     def agent_q(self, batch: EpisodeBatch, target: bool = False) -> torch.Tensor:
         """Unroll the (target) agent over every step from a zero hidden state: Q ``[B, T+1, N, A]``."""
-        return self.agent_features(batch, target)[0]
+        net = self.targets["agent"] if target else self.agent
+        return self.unroll(net, batch)  # type: ignore[arg-type]
 
     def agent_features(self, batch: EpisodeBatch, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Q_i ``[B, T+1, N, A]`` and the agents' hidden features h_i ``[B, T+1, N, H]`` of the (target) agent."""
@@ -85,7 +86,7 @@ class ValueLearner:
 
     def unroll(self, net: AgentNet, batch: EpisodeBatch) -> torch.Tensor:
         """Unroll any per-agent network (``B*N`` rows per step) over the batch: scores ``[B, T+1, N, A]``."""
-        return agent_unroll.unroll(net, batch.obs, batch.prev_actions, batch.views)[0]
+        return agent_unroll.unroll(net, batch.obs, batch.prev_actions, batch.views, features=False)[0]
 
     @staticmethod
     def taken(q_BTNA: torch.Tensor, actions_BTN: torch.Tensor) -> torch.Tensor:
