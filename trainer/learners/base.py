@@ -125,7 +125,8 @@ class ValueLearner:
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         """One gradient step on ``batch``; returns the loss metrics plus ``train/grad_norm``."""
-        self.nets.train()
+        if not self.nets.training:  # a rollout switched them to eval; walking every module each update costs
+            self.nets.train()
         if self.state_norm is not None:  # learners see normalized global states
             self.state_norm.update(batch.state[:, :-1][batch.filled])
             batch = dataclasses.replace(batch, state=self.state_norm(batch.state))
@@ -133,7 +134,7 @@ class ValueLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"), foreach=True)
         self.optimizer.step()
         self.updates += 1
         metrics = dict(metrics)
