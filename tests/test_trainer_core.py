@@ -234,6 +234,8 @@ def test_packed_unroll_equals_a_step_by_step_unroll_on_each_episodes_own_steps(r
     views = torch.tensor([9, 2, 5, 5, 3, 9, 7])
     live_BT = torch.arange(T) < views.unsqueeze(1)
     q, h = unroll(net, obs, prev, views)
+    q_only, no_h = unroll(net, obs, prev, views, features=False)  # the scores-only path: same scores
+    assert no_h is None and torch.equal(q_only, q)
     w_q, w_h = torch.randn_like(q), torch.randn_like(h)
     ((q * w_q).sum() + (h * w_h).sum()).backward()
     packed_grads = [p.grad.clone() for p in net.parameters()]
