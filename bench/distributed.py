@@ -281,9 +281,39 @@ def grf_long(runs: Path, steps: int, workers: int, out_png: Path, run: bool) -> 
         from marlctl.trainer.plot import plot_runs
 
         plot_runs([run_dir], out_png, title=f"MAPPO, {workers} Ray workers, {GRF_ENV}")
-    return {"run_dir": str(run_dir), "started": True, "target_steps": steps, "env_steps": last,
-            "finished": any(e["event"] == "end" and e["env_steps"] >= steps for e in events),
-            "evals": [{"env_steps": s, "return": r, "win_rate": w} for s, r, w in evals], "png": out_png.name}
+    end = next((e for e in reversed(events) if e["event"] == "end"), None)
+    finished = end is not None and end["env_steps"] >= steps
+    res = {"run_dir": str(run_dir), "started": True, "target_steps": steps, "env_steps": last, "finished": finished,
+           "evals": [{"env_steps": s, "return": r, "win_rate": w} for s, r, w in evals], "png": out_png.name}
+    if end is not None:
+        res["last_segment"] = {k: end[k] for k in ("episodes", "updates", "wall_s", "env_steps_per_s") if k in end}
+    if finished:
+        res["exported_eval"] = grf_exported_eval(run_dir, GRF_EVAL_EPISODES)
+    return res
+
+
+GRF_EVAL_EPISODES = 100
+GRF_EVAL_SEED = 100_000  # far from the seeds training and its in-run evaluations drew
+
+
+def grf_exported_eval(run_dir: Path, episodes: int) -> dict[str, Any]:
+    """The finished run's last checkpoint exported to ONNX (`marlctl export`, verified) and played by
+    decentralized in-process ONNX Runtime agents (`marlctl eval`) for ``episodes`` episodes; cached in the run
+    dir (``export/``, ``eval_<episodes>.json``), so a rerun only reads them."""
+    import subprocess
+
+    model, summary = run_dir / "export", run_dir / f"eval_{episodes}.json"
+    cli = [sys.executable, "-m", "marlctl.cli.app"]
+    if not (model / "manifest.json").is_file():
+        subprocess.run([*cli, "export", str(run_dir), "--out", str(model)], check=True)
+    if not summary.is_file():
+        subprocess.run([*cli, "eval", str(model), "--episodes", str(episodes), "--seed", str(GRF_EVAL_SEED),
+                        "--summary-json", str(summary)], check=True)
+    s = json.loads(summary.read_text())
+    return {"episodes": s["episodes"], "seed": GRF_EVAL_SEED, "wins": s["wins"], "win_rate": s["win_rate"],
+            "win_rate_ci": s["win_rate_ci"], "mean_return": s["mean_return"], "return_ci": s["return_ci"],
+            "aborted": s["aborted"], "command": f"marlctl export {run_dir} --out {model} && marlctl eval {model} "
+                                                f"--episodes {episodes} --seed {GRF_EVAL_SEED}"}
 
 
 # ------------------------------------------------------------------ model, report
@@ -379,7 +409,19 @@ def markdown(res: dict[str, Any]) -> str:
     if g and g.get("started"):
         lines += ["", f"## GRF learning run with Ray workers (MAPPO, `{GRF_ENV}`)", "",
                   f"Run dir `{g['run_dir']}`: {g['env_steps']:,} of {g['target_steps']:,} env steps"
-                  f"{' (finished)' if g['finished'] else ' (not finished; `--sections grf` resumes it)'}.", ""]
+                  f"{' (finished)' if g['finished'] else ' (not finished; `--sections grf` resumes it)'}"
+                  + (f"; the last `marlctl train` segment ran {g['last_segment']['wall_s']:,.0f} s at "
+                     f"{g['last_segment']['env_steps_per_s']:.0f} env-steps/s" if g.get("last_segment") else "")
+                  + ". Evaluation every 20k steps: 16 greedy episodes on the Ray workers.", ""]
+        x = g.get("exported_eval")
+        if x:
+            first = next((e["env_steps"] for e in g["evals"] if e["win_rate"]), None)
+            won = f"first in-run evaluation with a win at {first:,} env steps" if first else "no in-run evaluation won"
+            lines += [f"**The exported team** (last checkpoint -> verified ONNX, decentralized in-process ONNX "
+                      f"Runtime agents, {x['episodes']} episodes from seed {x['seed']}): win rate "
+                      f"**{x['win_rate']:.2f}** (95% Wilson CI {x['win_rate_ci'][0]:.2f} .. {x['win_rate_ci'][1]:.2f}; "
+                      f"{x['wins']} wins, {x['aborted']} aborted), mean return {x['mean_return']:.2f} (95% CI "
+                      f"{x['return_ci'][0]:.2f} .. {x['return_ci'][1]:.2f}); {won}.", "", f"    {x['command']}", ""]
         if g["evals"]:
             lines += ["| env steps | eval return | eval win rate |", "|---:|---:|---:|"]
             lines += [f"| {e['env_steps']:,} | {e['return']:.3g} | {e['win_rate']:.3g} |" for e in g["evals"]]
