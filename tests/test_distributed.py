@@ -140,19 +140,21 @@ def test_tad_ppo_with_two_workers_reaches_the_optimum(cluster, tmp_path: Path) -
 
 def test_same_seed_same_first_episodes_and_stale_episodes_are_dropped(cluster) -> None:
     """Worker w's envs are seeded from (run seed, w): two runs with the same seed and worker count collect the
-    same first episodes. Then the learner moves on two versions with both version-0 tasks still unread: with
-    max_policy_lag=1 both are dropped and counted, and the episodes taken are of the current version."""
+    same first episodes. Then the learner moves on two versions with all four version-0 tasks (two queued per
+    worker) still unread: with max_policy_lag=1 all are dropped and counted, and the episodes taken are of the
+    current version."""
     from marlctl.trainer.distributed.algorithm import DistributedAlgorithm
     from marlctl.trainer.replay import ReplayBuffer
 
     spec = env_spec("matrix:qtran")
 
-    def first_tasks(algo) -> dict[int, dict[str, np.ndarray]]:
-        algo.source.feed()  # both workers collect with version 0
-        while len(algo.source.ready) < 2:
+    def first_tasks(algo) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+        algo.source.feed()  # both workers queue ray.tasks_per_worker = 2 tasks with version 0
+        assert [algo.pool.in_flight(w, "collect") for w in (0, 1)] == [2, 2]
+        while len(algo.source.ready) < 4:
             for task, result in algo.pool.wait():
                 algo.source.on_result(task, result)
-        return {t.worker: r["episodes"] for t, r in algo.source.ready}
+        return {(t.worker, t.task): r["episodes"] for t, r in algo.source.ready}
 
     cfg = config(cluster, "vdn", "matrix:qtran", 100, "env.num_envs=16", "ray.max_policy_lag=1")
     algo = DistributedAlgorithm(cfg, spec, torch.device("cpu"))
@@ -169,11 +171,14 @@ def test_same_seed_same_first_episodes_and_stale_episodes_are_dropped(cluster) -
         dropped, lag = algo.pool.counters.episodes_dropped, algo.source.last_lag
     finally:
         algo.close()
-    for w in (0, 1):
+    assert sorted(a) == sorted(b) == [(0, 0), (0, 1), (1, 2), (1, 3)]  # task ids: worker 0 first, in order
+    for key in a:
         for name in ("obs", "actions", "reward", "filled"):
-            np.testing.assert_array_equal(a[w][name], b[w][name])
-    assert not np.array_equal(a[0]["actions"], a[1]["actions"])  # workers' envs and exploration are seeded apart
-    assert dropped == {"policy_lag": 32}  # both version-0 tasks (16 episodes each): lag 2 > 1
+            np.testing.assert_array_equal(a[key][name], b[key][name])
+    first = {w: a[min(k for k in a if k[0] == w)] for w in (0, 1)}
+    assert not np.array_equal(first[0]["actions"], first[1]["actions"])  # workers' envs, exploration seeded apart
+    assert not np.array_equal(a[(0, 0)]["actions"], a[(0, 1)]["actions"])  # and each task of one worker
+    assert dropped == {"policy_lag": 64}  # the four version-0 tasks (16 episodes each): lag 2 > 1
     assert res.episodes == 16 and len(buffer) == 16 and lag <= 1  # a task of version 2 was taken
 
 
@@ -239,11 +244,16 @@ def test_sigkill_of_a_worker_mid_run_is_survived_and_counted(cluster, tmp_path: 
     assert summary.env_steps >= 2048  # the run finished
     assert kill.pid is not None and pid_now != kill.pid  # Ray restarted the killed worker (a new process)
     failure = events(tmp_path, "worker_failure")
-    assert [(e["worker"], e["reason"], e["call"]) for e in failure] == [(0, "worker_lost", "collect")]
-    assert failure[0]["episodes_dropped"] == 32  # the lost task's episodes: one per env of that worker
-    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_lost"] == 32.0
+    # The task running when the process died, then any queued behind it (ray.tasks_per_worker = 2): one restart.
+    assert [(e["worker"], e["reason"], e["call"], e.get("queued", False)) for e in failure][:1] == [
+        (0, "worker_lost", "collect", False)]
+    assert [(e["worker"], e["reason"], e.get("queued")) for e in failure[1:]] in ([], [(0, "worker_lost", True)])
+    assert [e["task"] for e in failure] == sorted(e["task"] for e in failure)  # handled in submission order
+    lost = sum(e["episodes_dropped"] for e in failure)
+    assert all(e["episodes_dropped"] == 32 for e in failure)  # each lost task's episodes: one per env
+    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_lost"] == lost
     assert samples[("marl_train_worker_restarts_total", ())] == 1.0
-    assert samples[("marl_train_episodes_dropped_total", (("reason", "worker_lost"),))] == 32.0
+    assert samples[("marl_train_episodes_dropped_total", (("reason", "worker_lost"),))] == lost
     per_worker = {dict(k[1])["worker"]: v for k, v in samples.items() if k[0] == "marl_train_env_steps_total"}
     assert sum(per_worker.values()) == summary.env_steps and set(per_worker) == {"0", "1"}
 
@@ -278,10 +288,13 @@ def test_worker_raising_mid_episode_is_logged_restarted_and_counted(cluster, tmp
     finally:
         run.close()
     failure = events(tmp_path, "worker_failure")
-    assert [(e["worker"], e["reason"]) for e in failure] == [(1, "worker_error")]
+    # The raising task, then any task queued behind it on the actor the learner restarts (lost with it).
+    assert [(e["worker"], e["reason"], e.get("queued", False)) for e in failure][:1] == [(1, "worker_error", False)]
+    assert [(e["worker"], e["reason"], e.get("queued")) for e in failure[1:]] in ([], [(1, "worker_error", True)])
     assert "FloatingPointError: injected fault in env.step" in failure[0]["traceback"]
-    assert "env.step" in failure[0]["traceback"] and failure[0]["episodes_dropped"] == 32
-    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_error"] == 32.0
+    assert "env.step" in failure[0]["traceback"] and all(e["episodes_dropped"] == 32 for e in failure)
+    lost = sum(e["episodes_dropped"] for e in failure)
+    assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_error"] == lost
     assert summary.env_steps >= 1024
 
 
@@ -352,6 +365,7 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
     (["--ray", "headnode"], "--ray 'headnode' is not an address; valid: local, or HOST:PORT"),
     (["--ray", "local", "--rollout-workers", "2", "--worker-cpus", "0"], "worker_cpus=0.0"),
     (["--ray", "local", "--rollout-workers", "2", "--max-policy-lag", "-1"], "max_policy_lag=-1"),
+    (["--ray", "local", "--rollout-workers", "2", "--set", "ray.tasks_per_worker=0"], "tasks_per_worker=0"),
     (["--metrics-port", "70000"], "--metrics-port 70000 is not a port; valid: 1..65535"),
 ])
 def test_bad_distributed_flags_exit_2(flags: list[str], message: str, tmp_path: Path) -> None:

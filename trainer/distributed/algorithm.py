@@ -62,7 +62,7 @@ class DistributedAlgorithm:
         self.policy = Versioned(self.pool, lambda: policy_weights(self.inner, self.kind))
         if self.kind == "value":
             self.source: AsyncEpisodeSource | None = AsyncEpisodeSource(
-                self.policy, spec, spec.episode_limit, cfg.ray.max_policy_lag)
+                self.policy, spec, spec.episode_limit, cfg.ray.max_policy_lag, cfg.ray.tasks_per_worker)
             self.inner.worker = self.source  # the seam: the replay buffer is filled from the workers
         else:
             self.source = None

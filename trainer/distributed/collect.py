@@ -1,8 +1,9 @@
 """Where the learner's experience comes from on the Ray path: the two collection disciplines.
 
 * ``AsyncEpisodeSource`` (value methods) stands in for the learner's ``RolloutWorker``: every live worker
-  always has one collect task in flight (submitted with the newest weights the moment its previous one
-  finishes, so collection runs while the learner updates); each learner iteration takes ONE finished task
+  always has ``ray.tasks_per_worker`` collect tasks queued (topped up with the newest weights the moment one
+  finishes, so collection runs while the learner updates, and with 2 a worker never waits for the learner to
+  fetch its last result); each learner iteration takes ONE finished task
   (first finished, first taken) into the replay buffer, and a task whose policy version is more than
   ``max_policy_lag`` versions behind the learner's is dropped and counted.
 * ``SyncRolloutSource`` (MAPPO, TAD-PPO) stands in for ``_collect``: one on-policy iteration = one task
@@ -37,9 +38,10 @@ class Versioned:
 class AsyncEpisodeSource:
     """The ``RolloutWorker`` interface (``run_episodes`` / ``run_steps``) over asynchronous remote workers."""
 
-    def __init__(self, policy: Versioned, spec: EnvSpec, max_t: int, max_policy_lag: int) -> None:
+    def __init__(self, policy: Versioned, spec: EnvSpec, max_t: int, max_policy_lag: int,
+                 tasks_per_worker: int) -> None:
         self.policy, self.pool, self.spec, self.max_t = policy, policy.pool, spec, max_t
-        self.max_policy_lag = max_policy_lag
+        self.max_policy_lag, self.tasks_per_worker = max_policy_lag, tasks_per_worker
         self.ready: deque[tuple[Task, dict[str, Any]]] = deque()
         self.epsilon = 1.0
         self.last_lag = 0
@@ -59,10 +61,10 @@ class AsyncEpisodeSource:
     # -- async collection ---------------------------------------------------------------------
 
     def feed(self) -> None:
-        """Give every live worker without a collect task one, with the newest weights."""
+        """Top every live worker up to ``tasks_per_worker`` collect tasks, with the newest weights."""
         self.policy.publish()
         for w in self.pool.alive():
-            if not self.pool.busy(w, "collect"):
+            for _ in range(self.tasks_per_worker - self.pool.in_flight(w, "collect")):
                 self.pool.submit_collect(w, self.epsilon)
 
     def on_result(self, task: Task, result: dict[str, Any] | None) -> None:

@@ -91,7 +91,7 @@ class WorkerPool:
         self.pending: dict[Any, Task] = {}
         self.failures = [0] * self.n  # consecutive failed tasks per worker
         self.pids: list[int | None] = [None] * self.n
-        self.recovering: dict[int, float] = {}  # worker -> when it started coming back
+        self.recovering: dict[int, tuple[float, str]] = {}  # worker -> (when it started coming back, why)
         self.retry_at: dict[int, float] = {}  # worker -> when to ask a restarting worker again
         self.weights_version = -1
         self.weights_ref: Any = None
@@ -142,6 +142,9 @@ class WorkerPool:
     def busy(self, w: int, call: str | None = None) -> bool:
         return any(t.worker == w and (call is None or t.call == call) for t in self.pending.values())
 
+    def in_flight(self, w: int, call: str) -> int:
+        return sum(t.worker == w and t.call == call for t in self.pending.values())
+
     def submit_collect(self, w: int, epsilon: float) -> None:
         task = self.counters.tasks
         self.counters.tasks += 1
@@ -170,7 +173,8 @@ class WorkerPool:
         if done:  # everything else that is already finished, without waiting
             more, _ = self.ray.wait([r for r in self.pending if r not in done], num_returns=len(self.pending) - 1,
                                     timeout=0) if len(self.pending) > 1 else ([], [])
-            done = [*done, *more]
+            finished = {*done, *more}
+            done = [r for r in self.pending if r in finished]  # in submission order: a worker's running task first
         out: list[tuple[Task, Any]] = []
         for ref in done:
             task = self.pending.pop(ref)
@@ -202,6 +206,14 @@ class WorkerPool:
         """Count the lost task, and the restart Ray now makes (``max_restarts=-1``: a failed actor always comes
         back); the worker takes tasks again once its restarted process answers ``info``."""
         w = task.worker
+        if w in self.recovering:  # queued on the process that already failed: lost with it, no second restart
+            why = self.recovering[w][1]
+            if task.call == "collect":
+                self.counters.drop(why, task.planned_episodes)
+            self.log("worker_failure", worker=w, reason=why, call=task.call, task=task.task, queued=True,
+                     episodes_dropped=task.planned_episodes if task.call == "collect" else 0,
+                     message=f"queued on worker {w} when it failed", traceback=None)
+            return
         self.failures[w] += 1
         self.counters.worker_restarts += 1
         if task.call == "collect":
@@ -212,7 +224,7 @@ class WorkerPool:
         if self.failures[w] >= self.cfg.ray.max_worker_failures:
             raise WorkerError(f"rollout worker {w} failed {self.failures[w]} tasks in a row (ray.max_worker_failures="
                               f"{self.cfg.ray.max_worker_failures}); last: {_first_line(exc)}")
-        self.recovering[w] = time.monotonic()
+        self.recovering[w] = (time.monotonic(), reason)
         self._ask(w)
 
     def _ask(self, w: int) -> None:
@@ -228,7 +240,7 @@ class WorkerPool:
 
     def _still_restarting(self, w: int, exc: BaseException) -> None:
         """The question reached the actor while Ray restarts it: ask again shortly, up to ``RECOVERY_TIMEOUT_S``."""
-        if time.monotonic() - self.recovering[w] > RECOVERY_TIMEOUT_S:
+        if time.monotonic() - self.recovering[w][0] > RECOVERY_TIMEOUT_S:
             raise WorkerError(f"rollout worker {w} did not come back within {RECOVERY_TIMEOUT_S:.0f} s of its "
                               f"failure: {_first_line(exc)}")
         self.retry_at[w] = time.monotonic() + 0.2
@@ -238,7 +250,8 @@ class WorkerPool:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, VersionMismatchError):
             raise VersionMismatchError(str(cause))
-        self.ray.kill(self.actors[task.worker], no_restart=False)
+        if task.worker not in self.recovering:
+            self.ray.kill(self.actors[task.worker], no_restart=False)
         self._fail(task, "worker_error", cause or exc, str(exc))
 
     def _on_lost(self, task: Task, exc: BaseException) -> None:
@@ -249,7 +262,7 @@ class WorkerPool:
         if info["pid"] == self.pids[w]:  # answered by the old process before the kill landed: not back yet
             self.retry_at[w] = time.monotonic() + 0.2
             return
-        since = self.recovering.pop(w, time.monotonic())
+        since = self.recovering.pop(w, (time.monotonic(), ""))[0]
         self.log("worker_restart", worker=w, pid=info["pid"], old_pid=self.pids[w],
                  seconds=round(time.monotonic() - since, 3))
         self.pids[w] = info["pid"]

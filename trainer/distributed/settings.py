@@ -29,6 +29,11 @@ class RayConfig:
     """Value methods: an episode whose policy is more than this many versions (learner iterations) behind
     the learner's is dropped and counted (``episodes_dropped{reason="policy_lag"}``). Policy methods collect
     synchronously and accept only the current version."""
+    tasks_per_worker: int = 2
+    """Value methods: collect tasks queued on each worker at once. With 2 a worker starts its next episodes
+    the moment it returns the last ones, while the learner fetches and ingests them (the Ray round trip and the
+    transfer leave the worker's critical path; RLlib's ``max_requests_in_flight_per_env_runner``); the queued
+    task's weights are one learner iteration older. 1 = one at a time. Policy methods always run one."""
     connect_timeout_s: float = 20.0
     """Seconds to reach a ``HOST:PORT`` head before the run stops with an error."""
     max_worker_failures: int = 3
@@ -46,11 +51,13 @@ class RayConfig:
                                    "(without --ray, training runs in one process)")
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in (
             ("envs_per_worker", self.envs_per_worker >= 0), ("worker_cpus", self.worker_cpus > 0),
-            ("max_policy_lag", self.max_policy_lag >= 0), ("connect_timeout_s", self.connect_timeout_s > 0),
+            ("max_policy_lag", self.max_policy_lag >= 0), ("tasks_per_worker", self.tasks_per_worker >= 1),
+            ("connect_timeout_s", self.connect_timeout_s > 0),
             ("max_worker_failures", self.max_worker_failures >= 1)) if not ok]
         if bad:
             raise ConfigValueError(f"[ray] out of range: {', '.join(bad)}; valid: envs_per_worker >= 0 (0 = env.num_envs), "
-                                   "worker_cpus > 0, max_policy_lag >= 0, connect_timeout_s > 0, max_worker_failures >= 1")
+                                   "worker_cpus > 0, max_policy_lag >= 0, tasks_per_worker >= 1, connect_timeout_s > 0, "
+                                   "max_worker_failures >= 1")
 
 
 def ray_flags(address: str | None, rollout_workers: int | None, envs_per_worker: int | None,
