@@ -44,8 +44,8 @@ from typing import Any
 
 from marlctl.agents.files import atomic_write_text
 
-ENVS = {"smax:3m": {"num_envs": 32, "loop_steps": 9600}, "grf:academy_3_vs_1_with_keeper": {"num_envs": 4,
-                                                                                             "loop_steps": 2400}}
+ENVS = {"smax:3m": {"num_envs": 32, "loop_steps": 9600, "tasks": 16},  # tasks: per collection round and arm
+        "grf:academy_3_vs_1_with_keeper": {"num_envs": 4, "loop_steps": 2400, "tasks": 3}}
 VALUE_ALGO = "qmix"
 W_MODEL = [1, 2, 4, 8, 16, 32, 64]
 
@@ -61,13 +61,38 @@ def config(env_id: str, algo: str = VALUE_ALGO, steps: int = 1000, *extra: str, 
 # ------------------------------------------------------------------ collection + transfer
 
 
-def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
+def drive(ray: Any, actors: list[Any], box: list[Any], tasks: list[int], depth: int) -> tuple[float, list[dict]]:
+    """Play ``tasks`` on ``actors`` the way ``AsyncEpisodeSource`` does: ``depth`` collect calls queued on each
+    actor, topped up as each returns. Returns (env-steps/s, each call's output with its wall seconds)."""
+    todo, outs, pending = list(tasks), [], {}
+
+    def submit(w: int) -> None:
+        if todo:
+            pending[actors[w].collect.remote(box, 0, todo.pop(0), 1.0)] = (w, time.perf_counter())
+
+    t0 = time.perf_counter()
+    for _ in range(depth):
+        for w in range(len(actors)):
+            submit(w)
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        w, t1 = pending.pop(ref)
+        out = ray.get(ref)
+        out["wall"] = time.perf_counter() - t1
+        outs.append(out)
+        submit(w)
+    return sum(o["env_steps"] for o in outs) / (time.perf_counter() - t0), outs
+
+
+def collection(env_id: str, rounds: int, tasks: int | None) -> dict[str, Any]:
     import ray
     from marlctl.envs import env_spec
     from marlctl.trainer.distributed.worker import RolloutWorkerActor, marlctl_version, policy_weights
     from marlctl.trainer.registry import algorithm_spec
 
+    tasks = tasks or ENVS[env_id]["tasks"]
     cfg = config(env_id, VALUE_ALGO, 1000, "ray.address=local", "ray.rollout_workers=2")
+    depth = cfg.ray.tasks_per_worker  # what training queues on a worker
     sections = cfg.to_dict()
     import torch
 
@@ -80,62 +105,71 @@ def collection(env_id: str, rounds: int, tasks: int) -> dict[str, Any]:
     ray.get([a.info.remote() for a in remote])
     bare.collect(box, 0, 0, 1.0)  # warm-up: JAX compile / engine start
     ray.get([a.collect.remote(box, 0, 0, 1.0) for a in remote])
-    rows: dict[str, list[float]] = {"bare": [], "ray1": [], "ray2": []}
+    rows: dict[str, list[float]] = {"bare": [], "ray1": [], "ray1_one_at_a_time": [], "ray2": []}
     transfer_us, worker_s, sizes, episodes = [], [], [], []
-    bare_steps, ray1_steps = [], []  # env steps per round: equal when both arms played the same episodes
-    task = 1
-    for _ in range(rounds):
-        # The bare loop and the Ray worker (both worker 0) play the same tasks, so the same seeded episodes:
-        # their ratio is the cost of Ray alone, not of the episodes drawn (a GRF episode's cost varies a lot).
-        round_tasks = range(task, task + tasks)
-        task += tasks
+    steps_per_round: dict[str, list[int]] = {"bare": [], "ray1": [], "ray1_one_at_a_time": []}
+    def bare_arm(round_tasks: list[int]) -> tuple[float, int]:
         t0, steps = time.perf_counter(), 0
         for t in round_tasks:
             steps += bare.collect(box, 0, t, 1.0)["env_steps"]
-        rows["bare"].append(steps / (time.perf_counter() - t0))
-        bare_steps.append(steps)
-        t0, steps = time.perf_counter(), 0
-        for t in round_tasks:
-            t1 = time.perf_counter()
-            out = ray.get(remote[0].collect.remote(box, 0, t, 1.0))
-            wall = time.perf_counter() - t1
-            steps += out["env_steps"]
-            n = len(out["returns"])
-            transfer_us.append((wall - out["seconds"]) / n * 1e6)
-            worker_s.append(out["seconds"] / n)
-            sizes.append(len(pickle.dumps(out, protocol=5)) / n)
-            episodes.append(n)
-        rows["ray1"].append(steps / (time.perf_counter() - t0))
-        ray1_steps.append(steps)
-        t0, steps = time.perf_counter(), 0
-        pending = [a.collect.remote(box, 0, task + i, 1.0) for i, a in enumerate(remote)]
-        task += 2
-        done_tasks = 0
-        while done_tasks < 2 * tasks:
-            [ref], pending = ray.wait(pending, num_returns=1)
-            out = ray.get(ref)
-            steps += out["env_steps"]
-            done_tasks += 1
-            if done_tasks + len(pending) < 2 * tasks:
-                pending.append(remote[out["worker"]].collect.remote(box, 0, task, 1.0))
-                task += 1
-        rows["ray2"].append(steps / (time.perf_counter() - t0))
+        return steps / (time.perf_counter() - t0), steps
+
+    def ray_arm(round_tasks: list[int], queued: int) -> tuple[float, int]:
+        rate, outs = drive(ray, remote[:1], box, round_tasks, queued)
+        if queued == 1:  # one call in flight: its wall time beyond the worker's own is the transfer
+            for out in outs:
+                n = len(out["returns"])
+                transfer_us.append((out["wall"] - out["seconds"]) / n * 1e6)
+                worker_s.append(out["seconds"] / n)
+                sizes.append(len(pickle.dumps({k: v for k, v in out.items() if k != "wall"}, protocol=5)) / n)
+                episodes.append(n)
+        return rate, sum(o["env_steps"] for o in outs)
+
+    arms = {"bare": bare_arm, "ray1": lambda ts: ray_arm(ts, depth), "ray1_one_at_a_time": lambda ts: ray_arm(ts, 1)}
+    task = 1
+    for i in range(rounds):
+        # The bare loop and the Ray worker (both worker 0) play the same tasks, so the same seeded episodes:
+        # their ratio is the cost of Ray alone, not of the episodes drawn (a GRF episode's cost varies a lot).
+        # The arms' order flips every round (this machine's speed drifts by tens of % within seconds).
+        round_tasks = list(range(task, task + tasks))
+        task += tasks
+        for arm in (list(arms) if i % 2 == 0 else list(arms)[::-1]):
+            rate, steps = arms[arm](round_tasks)
+            rows[arm].append(rate)
+            steps_per_round[arm].append(steps)
+        rows["ray2"].append(drive(ray, remote, box, list(range(task, task + 2 * tasks)), depth)[0])
+        task += 2 * tasks
     for a in remote:
         ray.kill(a)
     bare.close()
     med = {k: statistics.median(v) for k, v in rows.items()}
     ep_sim_us = statistics.median(worker_s) * 1e6  # per episode at the worker's throughput
+
+    def paired(arm: str) -> list[float]:  # paired rounds (same tasks in both arms): per-round ratios
+        return [round(r / b, 3) for r, b in zip(rows[arm], rows["bare"], strict=True)]
+
+    def median_ci(xs: list[float]) -> list[float]:  # bootstrap 95% interval of the median of rounds
+        import numpy as np
+
+        boot = np.median(np.random.default_rng(0).choice(xs, size=(4000, len(xs))), axis=1)
+        return [round(float(q), 3) for q in np.percentile(boot, [2.5, 97.5])]
+
     return {
         "env_id": env_id, "num_envs": cfg.env.num_envs, "rounds": rounds, "tasks_per_round": tasks,
-        "bare_env_steps_per_s": round(med["bare"], 1), "ray1_env_steps_per_s": round(med["ray1"], 1),
+        "tasks_per_worker": depth, "bare_env_steps_per_s": round(med["bare"], 1),
+        "ray1_env_steps_per_s": round(med["ray1"], 1),
+        "ray1_one_at_a_time_env_steps_per_s": round(med["ray1_one_at_a_time"], 1),
         "ray2_env_steps_per_s": round(med["ray2"], 1),
-        # Paired rounds (same tasks in both arms): the median of the per-round ratios; the ratio of the two
-        # medians is kept beside it.
-        "ray1_over_bare": round(statistics.median(r / b for r, b in zip(rows["ray1"], rows["bare"], strict=True)), 3),
+        # The median of the per-round ratios; the ratio of the two medians is kept beside it.
+        "ray1_over_bare": statistics.median(paired("ray1")), "ray1_over_bare_ci95": median_ci(paired("ray1")),
+        "ray1_one_at_a_time_over_bare_ci95": median_ci(paired("ray1_one_at_a_time")),
         "ray1_over_bare_of_medians": round(med["ray1"] / med["bare"], 3),
+        "ray1_one_at_a_time_over_bare": statistics.median(paired("ray1_one_at_a_time")),
         "ray2_over_ray1": round(med["ray2"] / med["ray1"], 3), "rounds_raw": rows,
-        "env_steps_per_round": {"bare": bare_steps, "ray1": ray1_steps}, "same_episodes": bare_steps == ray1_steps,
-        "ray1_over_bare_per_round": [round(r / b, 3) for r, b in zip(rows["ray1"], rows["bare"], strict=True)],
+        "env_steps_per_round": steps_per_round,
+        "same_episodes": len({tuple(v) for v in steps_per_round.values()}) == 1,
+        "ray1_over_bare_per_round": paired("ray1"),
+        "ray1_one_at_a_time_over_bare_per_round": paired("ray1_one_at_a_time"),
         "transfer_bytes_per_episode": round(statistics.median(sizes)),
         "transfer_us_per_episode": round(statistics.median(transfer_us), 1),
         "episode_sim_us_at_worker_rate": round(ep_sim_us, 1),
@@ -360,15 +394,23 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [f"- `{c}`" for c in res["commands"]] + [""]
     if res.get("collection"):
         lines += ["## Collection (one worker's task loop, median of rounds)", "",
-                  "| env | envs/worker | bare env-steps/s | 1 Ray worker | ratio: median of rounds (target >= 0.9) "
-                  "| per-round ratios "
+                  "The Ray arm queues `ray.tasks_per_worker` calls on the worker, as training does; the one-at-a-time "
+                  "arm waits for each call before the next (its wall time beyond the worker's own is the transfer "
+                  "below). Each round plays the same seeded tasks in every arm.", "",
+                  "| env | envs/worker | tasks/round | bare env-steps/s | 1 Ray worker | ratio: median of rounds "
+                  "(target >= 0.9) | 95% CI (bootstrap) | per-round ratios | one call at a time: ratio (95% CI) "
                   "| same episodes | 2 Ray workers | 2/1 |",
-                  "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|"]
         for c in res["collection"]:
             per_round = ", ".join(f"{x:.2f}" for x in c.get("ray1_over_bare_per_round", []))
             same = {True: "yes", False: "no"}.get(c.get("same_episodes"), "-")
-            lines.append(f"| {c['env_id']} | {c['num_envs']} | {c['bare_env_steps_per_s']:,.0f} | "
-                         f"{c['ray1_env_steps_per_s']:,.0f} | {c['ray1_over_bare']:.2f} | {per_round or '-'} | {same} | "
+            one, one_ci = c.get("ray1_one_at_a_time_over_bare"), c.get("ray1_one_at_a_time_over_bare_ci95")
+            depth, ci = c.get("tasks_per_worker", 1), c.get("ray1_over_bare_ci95")
+            lines.append(f"| {c['env_id']} | {c['num_envs']} | {c['tasks_per_round']} | "
+                         f"{c['bare_env_steps_per_s']:,.0f} | {c['ray1_env_steps_per_s']:,.0f} ({depth} queued) | "
+                         f"{c['ray1_over_bare']:.2f} | {'-' if not ci else f'{ci[0]:.2f} .. {ci[1]:.2f}'} | "
+                         f"{per_round or '-'} | {'-' if one is None else f'{one:.2f}'}"
+                         f"{f' ({one_ci[0]:.2f} .. {one_ci[1]:.2f})' if one_ci else ''} | {same} | "
                          f"{c['ray2_env_steps_per_s']:,.0f} | {c['ray2_over_ray1']:.2f} |")
         lines += ["", "## Transfer per episode (worker -> learner)", "",
                   "| env | bytes | us beyond collection | episode sim us at worker rate | fraction (target <= 0.05) |",
@@ -442,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sections", nargs="+", default=["collection", "ingest", "loop", "model", "parity"])
     ap.add_argument("--envs", nargs="+", default=list(ENVS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tasks", type=int, default=4, help="Worker tasks per collection round.")
+    ap.add_argument("--tasks", type=int, default=None,
+                    help="Worker tasks per collection round and arm (default: per env, about 2 s of smax:3m).")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args(argv)
     import ray
