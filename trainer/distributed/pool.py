@@ -139,11 +139,11 @@ class WorkerPool:
     def alive(self) -> list[int]:
         return [w for w in range(self.n) if w not in self.recovering]
 
-    def busy(self, w: int, call: str | None = None) -> bool:
-        return any(t.worker == w and (call is None or t.call == call) for t in self.pending.values())
+    def in_flight(self, w: int, call: str | None = None) -> int:
+        return sum(t.worker == w and (call is None or t.call == call) for t in self.pending.values())
 
-    def in_flight(self, w: int, call: str) -> int:
-        return sum(t.worker == w and t.call == call for t in self.pending.values())
+    def busy(self, w: int, call: str | None = None) -> bool:
+        return self.in_flight(w, call) > 0
 
     def submit_collect(self, w: int, epsilon: float) -> None:
         task = self.counters.tasks
@@ -206,21 +206,20 @@ class WorkerPool:
         """Count the lost task, and the restart Ray now makes (``max_restarts=-1``: a failed actor always comes
         back); the worker takes tasks again once its restarted process answers ``info``."""
         w = task.worker
-        if w in self.recovering:  # queued on the process that already failed: lost with it, no second restart
-            why = self.recovering[w][1]
-            if task.call == "collect":
-                self.counters.drop(why, task.planned_episodes)
-            self.log("worker_failure", worker=w, reason=why, call=task.call, task=task.task, queued=True,
-                     episodes_dropped=task.planned_episodes if task.call == "collect" else 0,
-                     message=f"queued on worker {w} when it failed", traceback=None)
-            return
-        self.failures[w] += 1
-        self.counters.worker_restarts += 1
+        queued = w in self.recovering  # queued on the process that already failed: lost with it, no second restart
+        if queued:
+            reason, message, traceback = self.recovering[w][1], f"queued on worker {w} when it failed", None
+        else:
+            message = _first_line(exc)
+            self.failures[w] += 1
+            self.counters.worker_restarts += 1
+        dropped = task.planned_episodes if task.call == "collect" else 0
         if task.call == "collect":
-            self.counters.drop(reason, task.planned_episodes)
-        self.log("worker_failure", worker=w, reason=reason, call=task.call, task=task.task,
-                 episodes_dropped=task.planned_episodes if task.call == "collect" else 0,
-                 message=_first_line(exc), traceback=traceback)
+            self.counters.drop(reason, dropped)
+        self.log("worker_failure", worker=w, reason=reason, call=task.call, task=task.task, queued=queued,
+                 episodes_dropped=dropped, message=message, traceback=traceback)
+        if queued:
+            return
         if self.failures[w] >= self.cfg.ray.max_worker_failures:
             raise WorkerError(f"rollout worker {w} failed {self.failures[w]} tasks in a row (ray.max_worker_failures="
                               f"{self.cfg.ray.max_worker_failures}); last: {_first_line(exc)}")
