@@ -62,12 +62,15 @@ def unroll(net: AgentNet, obs_BTNO: torch.Tensor, prev_BTN: torch.Tensor,
     if net.config.recurrent:
         rnn = net.rnn
         hidden_RH = net.initial_hidden(rows_T[0], device)
-        hs, start = [], 0
-        for rows in rows_T:  # the batch pads to its longest episode: every step has rows
-            hidden_RH = torch.gru_cell(x_PH[start:start + rows], hidden_RH[:rows], rnn.weight_ih, rnn.weight_hh,
-                                       rnn.bias_ih, rnn.bias_hh)
+        hs = []
+        # One split, not a slice per step: a slice's backward writes its gradient into a zero tensor the
+        # size of all rows, once per step (T full-size fills and adds); the split's backward is one cat.
+        for x_RH in torch.split(x_PH, rows_T):  # the batch pads to its longest episode: every step has rows
+            rows = x_RH.shape[0]
+            if rows < hidden_RH.shape[0]:  # episodes ended: the rows still going are a prefix
+                hidden_RH = hidden_RH[:rows]
+            hidden_RH = torch.gru_cell(x_RH, hidden_RH, rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh)
             hs.append(hidden_RH)
-            start += rows
         h_PH = torch.cat(hs)
     else:
         h_PH = F.relu(net.rnn(x_PH))
