@@ -3,9 +3,10 @@
 One module serves every algorithm's decentralized part: the recurrent Q-agent of
 QTRAN / ReMIX / VDN / QMIX (scores = Q-values) and the decentralized actors of MAPPO and
 TAD-PPO (scores = logits). Input = own observation, one-hot previous own action, one-hot
-agent id (parameter sharing across agents); MLP -> GRU cell -> linear head, or, feed-forward,
-an MLP of ``hidden_layers`` ReLU layers -> linear head whose last hidden layer is ``hidden_out``
-(the input hidden is ignored; the ONNX contract keeps its ``hidden`` input and output). The
+agent id (parameter sharing across agents); MLP -> GRU cell -> head, or, feed-forward, an MLP of
+``hidden_layers`` ReLU layers -> head whose last hidden layer is ``hidden_out`` (the input hidden is
+ignored; the ONNX contract keeps its ``hidden`` input and output). The head is linear, or with
+``head_layers = 2`` one ReLU layer and a linear one. The
 hidden state is passed in and out explicitly, never stored on the module, so the same module is
 what training batches over ``B*N`` rows, what ONNX export traces and what a service runs.
 """
@@ -39,11 +40,16 @@ class AgentNetConfig:
     """Feed the one-hot previous own action (zeros at the first step)."""
     agent_id_input: bool = True
     """Feed the one-hot agent id (parameter sharing with specialisation)."""
+    head_layers: int = 1
+    """Layers of the head after the GRU / feed-forward layer: 1 = linear; 2 = a ReLU layer of width
+    ``hidden_dim``, then linear (e.g. a distilled actor that must match a teacher's MLP head)."""
 
     def __post_init__(self) -> None:
         if self.hidden_layers < 2:
             raise ValueError(f"hidden_layers must be >= 2 (the input layer and the GRU / feed-forward layer), "
                              f"got {self.hidden_layers}")
+        if self.head_layers not in (1, 2):
+            raise ValueError(f"head_layers must be 1 (linear) or 2 (ReLU layer + linear), got {self.head_layers}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +74,10 @@ class AgentNet(nn.Module):
             self.rnn: nn.Module = nn.GRUCell(config.hidden_dim, config.hidden_dim)
         else:
             self.rnn = nn.Linear(config.hidden_dim, config.hidden_dim)
-        self.head = nn.Linear(config.hidden_dim, config.n_actions)
+        out = nn.Linear(config.hidden_dim, config.n_actions)
+        # One linear layer keeps the parameter names of checkpoints written before ``head_layers`` existed.
+        self.head: nn.Module = out if config.head_layers == 1 else nn.Sequential(
+            nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(), out)
         # Observation normalisation baked into the network (identity unless set by a trainer).
         self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
         self.register_buffer("obs_std", torch.ones(config.obs_dim))
@@ -76,6 +85,11 @@ class AgentNet(nn.Module):
     @property
     def hidden_dim(self) -> int:
         return self.config.hidden_dim
+
+    @property
+    def head_out(self) -> nn.Linear:
+        """The head's last (output) layer: the one a policy's small-gain initialisation applies to."""
+        return self.head if isinstance(self.head, nn.Linear) else self.head[-1]
 
     def initial_hidden(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.config.hidden_dim, device=device)

@@ -172,3 +172,29 @@ def test_feed_forward_agent_keeps_the_contract_hidden_input(tmp_path: Path):
         expect, _ = net(torch.from_numpy(obs), torch.full((3,), -1), torch.zeros(3, dtype=torch.int64),
                         torch.zeros(3, 16))
     np.testing.assert_allclose(scores, expect.numpy(), atol=1e-5)
+
+
+def test_agent_with_a_two_layer_head_round_trips_and_exports(tmp_path: Path):
+    """``head_layers = 2`` (an MLP head, e.g. TAD-PPO's distilled actor): the checkpoint entry rebuilds the same
+    network, the exported graph matches it on real episodes, and a head size outside {1, 2} is refused."""
+    from marlctl.agents.bundle import agent_net_from_entry, make_agent_bundle_entry
+    from marlctl.agents.recurrent import AgentNet, AgentNetConfig
+    from marlctl.envs import env_spec
+    from serving_helpers import BundleStandIn
+
+    spec = env_spec(ENV_ID)
+    torch.manual_seed(0)
+    net = AgentNet(AgentNetConfig(obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
+                                  hidden_dim=16, head_layers=2)).eval()
+    assert isinstance(net.head, torch.nn.Sequential) and net.head_out is net.head[-1]
+    rebuilt, kind = agent_net_from_entry(make_agent_bundle_entry(net, "actor"), "test")
+    obs, prev, ids, h = torch.randn(4, spec.obs_dim), torch.tensor([-1, 0, 1, 0]), torch.zeros(4, dtype=torch.long), \
+        torch.randn(4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(obs, prev, ids, h)[0], net(obs, prev, ids, h)[0])
+    bundle = BundleStandIn(net, "actor", "tad-ppo", ENV_ID, 10, "/runs/mlp/checkpoints/latest.pt", "ab" * 32)
+    result = export_team(bundle, tmp_path / "model", config=ExportConfig(verify_episodes=2))
+    assert result.source == "env" and all(c.action_agreement == 1.0 for c in result.agents)
+    assert max(c.max_abs_diff_scores for c in result.agents) < 1e-4
+    with pytest.raises(ValueError, match="head_layers must be 1"):
+        AgentNetConfig(obs_dim=3, n_actions=2, n_agents=2, head_layers=3)

@@ -22,7 +22,7 @@ def agent_net_config(agent: AgentConfig, spec: EnvSpec) -> AgentNetConfig:
     return AgentNetConfig(
         obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents, hidden_dim=agent.hidden_dim,
         recurrent=agent.recurrent, hidden_layers=agent.hidden_layers, prev_action_input=agent.prev_action_input,
-        agent_id_input=agent.agent_id_input,
+        agent_id_input=agent.agent_id_input, head_layers=agent.head_layers,
     )
 
 

@@ -117,11 +117,16 @@ class AgentConfig:
     """Feed the one-hot previous own action."""
     agent_id_input: bool = True
     """Feed the one-hot agent id (shared parameters)."""
+    head_layers: int = 1
+    """Layers of the head after the GRU: 1 = linear, 2 = a ReLU layer of width ``hidden_dim`` + linear."""
 
     def validate(self) -> None:
         if self.hidden_layers < 2:
             raise ValueError(f"agent.hidden_layers={self.hidden_layers}; valid: an integer >= 2 (the input layer and "
                              "the GRU / feed-forward layer)")
+        if self.head_layers not in (1, 2):
+            raise ValueError(f"agent.head_layers={self.head_layers}; valid: 1 (linear head) or 2 (ReLU layer + "
+                             "linear)")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ class MAPPO(RecurrentPPOBase):
         return self.actor
 
     def _init_weights(self) -> None:
-        mappo_init(self.actor, [(self.actor.head, 0.01)])
+        mappo_init(self.actor, [(self.actor.head_out, 0.01)])
         mappo_init(self.critic, [(self.critic.net[-1], 1.0)])
 
     def _act(self, obs_BNO, state_BS, avail_BNA, prev_BN, hidden_BNH, mode):

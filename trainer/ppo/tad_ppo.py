@@ -114,7 +114,7 @@ class TADPPO(RecurrentPPOBase):
         return self.actor.decentralized
 
     def _init_weights(self) -> None:
-        mappo_init(self.actor, [(self.actor.decentralized.head, 0.01)])
+        mappo_init(self.actor, [(self.actor.decentralized.head_out, 0.01)])
         self.actor.coord_head.reset_parameters(out_gain=0.01)
         mappo_init(self.critic, [(self.critic.head[-1], 1.0)])
 
