@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HEAD_LAYERS = (1, 2)
+"""Valid head sizes: a linear head, or one ReLU layer of width ``hidden_dim`` and a linear one."""
+
 
 @dataclass(frozen=True)
 class AgentNetConfig:
@@ -48,7 +51,7 @@ class AgentNetConfig:
         if self.hidden_layers < 2:
             raise ValueError(f"hidden_layers must be >= 2 (the input layer and the GRU / feed-forward layer), "
                              f"got {self.hidden_layers}")
-        if self.head_layers not in (1, 2):
+        if self.head_layers not in HEAD_LAYERS:
             raise ValueError(f"head_layers must be 1 (linear) or 2 (ReLU layer + linear), got {self.head_layers}")
 
     def to_dict(self) -> dict:

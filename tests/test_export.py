@@ -187,7 +187,7 @@ def test_agent_with_a_two_layer_head_round_trips_and_exports(tmp_path: Path):
     net = AgentNet(AgentNetConfig(obs_dim=spec.obs_dim, n_actions=spec.n_actions, n_agents=spec.n_agents,
                                   hidden_dim=16, head_layers=2)).eval()
     assert isinstance(net.head, torch.nn.Sequential) and net.head_out is net.head[-1]
-    rebuilt, kind = agent_net_from_entry(make_agent_bundle_entry(net, "actor"), "test")
+    rebuilt, _ = agent_net_from_entry(make_agent_bundle_entry(net, "actor"), "test")
     obs, prev, ids, h = torch.randn(4, spec.obs_dim), torch.tensor([-1, 0, 1, 0]), torch.zeros(4, dtype=torch.long), \
         torch.randn(4, 16)
     with torch.no_grad():

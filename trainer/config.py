@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from marlctl.agents.recurrent import HEAD_LAYERS
 from marlctl.trainer.distributed.settings import RayConfig
 from marlctl.trainer.errors import ConfigValueError, UnknownConfigKeyError
 from marlctl.trainer.registry import NoOptions, algorithm_spec
@@ -124,7 +125,7 @@ class AgentConfig:
         if self.hidden_layers < 2:
             raise ValueError(f"agent.hidden_layers={self.hidden_layers}; valid: an integer >= 2 (the input layer and "
                              "the GRU / feed-forward layer)")
-        if self.head_layers not in (1, 2):
+        if self.head_layers not in HEAD_LAYERS:
             raise ValueError(f"agent.head_layers={self.head_layers}; valid: 1 (linear head) or 2 (ReLU layer + "
                              "linear)")
 
