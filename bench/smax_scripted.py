@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,21 +27,13 @@ from typing import Any
 POLICIES = ("random", "focus_first", "focus_lowest", "focus_lowest_in_range")
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a win rate k / n."""
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def play(map_name: str, limit: int, policy: str, episodes: int, seed: int) -> dict[str, Any]:
     """Win rate, time-out rate and mean length of one scripted ally policy on one map."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from marlctl.envs.smax import _import_jax
+    from marlctl.serving.stats import wilson_interval
 
     _, _, heuristic_enemy_smax, map_name_to_scenario = _import_jax()
     env = heuristic_enemy_smax(scenario=map_name_to_scenario(map_name), max_steps=limit, attack_mode="closest")
@@ -96,7 +87,7 @@ def play(map_name: str, limit: int, policy: str, episodes: int, seed: int) -> di
     won, timed_out, length = (np.asarray(x) for x in jax.jit(jax.vmap(episode))(keys))
     wins = int(won.sum())
     return {"map": map_name, "limit": limit, "policy": policy, "episodes": episodes, "seed": seed,
-            "win_rate": wins / episodes, "win_rate_ci95": wilson(wins, episodes),
+            "win_rate": wins / episodes, "win_rate_ci95": wilson_interval(wins, episodes),
             "timeout_rate": float(timed_out.mean()), "mean_length": float(length.mean()),
             "wall_s": time.perf_counter() - t0}
 
