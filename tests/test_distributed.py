@@ -1,8 +1,8 @@
 """Training with rollout workers on a real two-node Ray cluster (``ray.cluster_utils.Cluster``), no mocks of Ray.
 
 One cluster serves the whole module (two raylets with 2 CPUs each on this machine); each test starts its own
-worker actors on it. Faults are real: a worker process is SIGKILLed from inside itself (the kill is queued on
-the actor, so it lands before the learner's next task, which is therefore lost), a worker raises mid-episode.
+worker actors on it. Faults are real: a worker process SIGKILLs itself from inside its env's step (so a collect
+task is in flight when it dies, and is lost), a worker raises mid-episode.
 """
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def restarted_pid(actor, old_pid: int, deadline_s: float = 120.0) -> int:
 
 
 class KillWorkerOnce:
-    """A run observer that SIGKILLs worker ``w``'s process after iteration ``at``: the kill is queued on the
-    actor behind its task in flight, so the learner's next task for it dies with the process."""
+    """A run observer that, after iteration ``at``, makes worker ``w``'s env SIGKILL its own process on its next
+    step: the process dies inside a collect task (not between two), so that task, and any queued behind it, is
+    lost whatever the timing of the learner's submissions."""
 
     def __init__(self, w: int, at: int) -> None:
         self.w, self.at, self.pid = w, at, None
@@ -96,7 +97,14 @@ class KillWorkerOnce:
         if run.state.iterations == self.at:
             actor = run.algo.pool.actors[self.w]
             self.pid = ray.get(actor.info.remote())["pid"]
-            actor.__ray_call__.remote(lambda self_: os.kill(os.getpid(), signal.SIGKILL))
+
+            def die_on_next_step(worker) -> None:
+                def die(actions):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                worker.algo.worker.env.step = die
+
+            actor.__ray_call__.remote(die_on_next_step)
 
     def on_eval(self, run) -> None:
         pass

@@ -308,6 +308,9 @@ class TrainingRun:
                     path = self.save_checkpoint()
                     logger.event("checkpoint", st.env_steps, path=str(path))
                 progress.update(task, completed=min(st.env_steps, cfg.steps), info=self._info())
+            settle = getattr(self.algo, "settle", None)  # Ray workers: tasks still in flight end or fail first
+            if callable(settle):
+                settle()
             self.run_eval(logger)
             if cfg.eval_interval > 0:  # the final eval stands in for a periodic one due now (same as resumed)
                 while st.next_eval <= st.env_steps:
@@ -328,6 +331,7 @@ class TrainingRun:
 
     def run_eval(self, logger: RunLogger) -> None:
         self.last_eval = self.algo.evaluate(self.cfg.run.eval_episodes)
+        self._write_notes(logger)  # what the components noted meanwhile (a worker lost at the end of the run)
         logger.event("eval", self.state.env_steps, self.last_eval)
         for observer in self.observers:
             observer.on_eval(self)

@@ -60,6 +60,11 @@ class TrainMetrics:
 
     def on_iteration(self, run: Any, stats: Any) -> None:
         del stats
+        self._refresh(run)
+
+    def _refresh(self, run: Any) -> None:
+        """Follow the run's running totals (after every iteration, and after an eval: the end of a run settles
+        the workers' last tasks, so a loss in its last seconds reaches the counters too)."""
         algo = run.algo
         per_worker = getattr(algo, "worker_env_steps", None)
         steps = per_worker() if callable(per_worker) else {"local": run.state.env_steps}
@@ -78,6 +83,7 @@ class TrainMetrics:
                     self._follow(self.dropped.labels(reason=reason), ("dropped", reason), total)
 
     def on_eval(self, run: Any) -> None:
+        self._refresh(run)
         ev = run.last_eval
         if "eval/return" in ev:
             self.eval_return.set(ev["eval/return"])

@@ -80,6 +80,13 @@ class DistributedAlgorithm:
         stats.metrics["train/policy_lag"] = float(self.policy_lag())  # averaged over each log line
         return stats
 
+    def settle(self) -> None:
+        """The budget is reached: account for the tasks still in flight before the final evaluation."""
+        assert self.pool is not None
+        discarded = self.pool.settle()
+        if discarded:
+            self._log("tasks_discarded", tasks=discarded, reason="past_budget")
+
     def fault_metrics(self) -> dict[str, float]:
         """Running totals for the log line and the metrics exporter."""
         assert self.pool is not None

@@ -24,6 +24,8 @@ STARTUP_TIMEOUT_S = 600.0
 """Longest wait for a worker to build its env and networks (GRF engines, JAX compiles on a busy node)."""
 RECOVERY_TIMEOUT_S = 300.0
 """Longest wait for Ray to restart a failed worker (a new process, or a new node for it) and rebuild it."""
+SETTLE_TIMEOUT_S = 60.0
+"""Longest wait, once the budget is reached, for the tasks still in flight to finish or fail (``settle``)."""
 
 
 @dataclass
@@ -265,6 +267,19 @@ class WorkerPool:
         self.log("worker_restart", worker=w, pid=info["pid"], old_pid=self.pids[w],
                  seconds=round(time.monotonic() - since, 3))
         self.pids[w] = info["pid"]
+
+    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> int:
+        """At the end of a run, wait (bounded) for the tasks still in flight: one lost in the run's last moments
+        is logged and counted like any other, not silently cleared by ``close``. Finished collect results are
+        past the budget and are discarded; returns how many."""
+        deadline, discarded = time.monotonic() + timeout_s, 0
+        while any(t.call != "info" for t in self.pending.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            discarded += sum(1 for task, result in self.wait(timeout=left)
+                             if task.call == "collect" and result is not None)
+        return discarded
 
     # ------------------------------------------------------------ evaluation
 
