@@ -72,7 +72,9 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
     wall_file = run_dir / "bench_wall_s.json"
     if _ended(run_dir, args.steps) is None:
         t0 = time.perf_counter()
-        before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+        earlier = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
+        before = earlier.get("wall_s", 0.0)
+        commit = earlier.get("commit") or _commit()  # the checkout the cell started at (HEAD may move meanwhile)
         if (run_dir / "checkpoints" / "latest.pt").is_file():
             resume_run(run_dir, steps=args.steps, console=console)
         else:
@@ -82,7 +84,7 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
                 f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
                 "run.progress=false", *args.overrides], steps=args.steps, seed=seed, device=args.device)
             train_run(cfg, run_dir, console=console)
-        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0, "commit": _commit()}))
+        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0, "commit": commit}))
     end = _ended(run_dir, args.steps) or {}
     wall = json.loads(wall_file.read_text())
     return {"env": env_id, "algo": algo, "seed": seed, "env_steps": end.get("env_steps"),
