@@ -260,6 +260,8 @@ def test_sigkill_of_a_worker_mid_run_is_survived_and_counted(cluster, tmp_path: 
     lost = sum(e["episodes_dropped"] for e in failure)
     assert all(e["episodes_dropped"] == 32 for e in failure)  # each lost task's episodes: one per env
     assert faults["train/worker_restarts"] == 1.0 and faults["train/episodes_dropped/worker_lost"] == lost
+    end = events(tmp_path, "end")[-1]  # the totals after the last tasks settled, in the log too
+    assert end["train/worker_restarts"] == 1.0 and end["train/episodes_dropped/worker_lost"] == lost
     assert samples[("marl_train_worker_restarts_total", ())] == 1.0
     assert samples[("marl_train_episodes_dropped_total", (("reason", "worker_lost"),))] == lost
     per_worker = {dict(k[1])["worker"]: v for k, v in samples.items() if k[0] == "marl_train_env_steps_total"}

@@ -326,7 +326,11 @@ class TrainingRun:
             updates_per_s=st.updates / wall, checkpoint=str(path), last_train=self.last_train,
             last_eval=self.last_eval, warnings=self.warnings,
         )
-        logger.event("end", st.env_steps, {k: v for k, v in vars(summary).items() if isinstance(v, int | float)})
+        end = {k: v for k, v in vars(summary).items() if isinstance(v, int | float)}
+        totals = getattr(self.algo, "fault_metrics", None)  # Ray workers: the totals after the last tasks settled
+        if callable(totals):
+            end.update(totals())
+        logger.event("end", st.env_steps, end)
         return summary
 
     def run_eval(self, logger: RunLogger) -> None:

@@ -84,6 +84,9 @@ class DistributedAlgorithm:
         """The budget is reached: account for the tasks still in flight before the final evaluation."""
         assert self.pool is not None
         discarded = self.pool.settle()
+        if self.source is not None:  # finished, fetched, never taken: past the budget as well
+            discarded += len(self.source.ready)
+            self.source.ready.clear()
         if discarded:
             self._log("tasks_discarded", tasks=discarded, reason="past_budget")
 
