@@ -289,9 +289,7 @@ class TrainingRun:
                     scalars["train/updates_per_s"] = (st.updates - updates_log) / dt
                     scalars["train/episodes"] = float(st.episodes)
                     scalars["train/updates"] = float(st.updates)
-                    totals = getattr(self.algo, "fault_metrics", None)  # Ray workers: restarts, drops (not averaged)
-                    if callable(totals):
-                        scalars.update(totals())
+                    scalars.update(self._fault_totals())
                     logger.event("train", st.env_steps, scalars)
                     self.last_train = scalars
                     t_log, steps_log, updates_log = now, st.env_steps, st.updates
@@ -327,11 +325,13 @@ class TrainingRun:
             last_eval=self.last_eval, warnings=self.warnings,
         )
         end = {k: v for k, v in vars(summary).items() if isinstance(v, int | float)}
-        totals = getattr(self.algo, "fault_metrics", None)  # Ray workers: the totals after the last tasks settled
-        if callable(totals):
-            end.update(totals())
-        logger.event("end", st.env_steps, end)
+        logger.event("end", st.env_steps, {**end, **self._fault_totals()})  # totals after the last tasks settled
         return summary
+
+    def _fault_totals(self) -> dict[str, float]:
+        """Ray workers' running totals (restarts, dropped episodes; not averaged); none on one process."""
+        totals = getattr(self.algo, "fault_metrics", None)
+        return totals() if callable(totals) else {}
 
     def run_eval(self, logger: RunLogger) -> None:
         self.last_eval = self.algo.evaluate(self.cfg.run.eval_episodes)

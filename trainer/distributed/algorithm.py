@@ -83,10 +83,7 @@ class DistributedAlgorithm:
     def settle(self) -> None:
         """The budget is reached: account for the tasks still in flight before the final evaluation."""
         assert self.pool is not None
-        discarded = self.pool.settle()
-        if self.source is not None:  # finished, fetched, never taken: past the budget as well
-            discarded += len(self.source.ready)
-            self.source.ready.clear()
+        discarded = self.pool.settle() + (self.source.discard_ready() if self.source is not None else 0)
         if discarded:
             self._log("tasks_discarded", tasks=discarded, reason="past_budget")
 

@@ -71,6 +71,12 @@ class AsyncEpisodeSource:
         if result is not None:
             self.ready.append((task, result))
 
+    def discard_ready(self) -> int:
+        """Drop the results fetched but not yet taken (the budget is reached); returns how many."""
+        n = len(self.ready)
+        self.ready.clear()
+        return n
+
     def _next(self, epsilon: float, sink: ReplayBuffer | None) -> RolloutResult:
         if sink is None:
             raise RuntimeError("evaluation runs through DistributedAlgorithm.evaluate, not the episode source")
