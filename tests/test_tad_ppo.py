@@ -324,3 +324,75 @@ def test_smax_distillation_leaves_the_coordination_policy_its_entropy() -> None:
     detached = _coordination_entropy(60_000)
     shared = _coordination_entropy(60_000, "algo.distill_shares_encoder=true")
     assert detached > 1.5 * shared, (detached, shared)
+
+
+def test_distill_target_probs_is_the_cross_entropy_to_the_coordination_policys_distribution() -> None:
+    """``distill_target = probs``: Eq. 6 with each agent's expectation taken exactly - the reported loss (one
+    epoch, one minibatch: taken before the only step) equals the cross-entropy of the decentralized actors to
+    ``pi_T(. | tau, a_<i)`` at the rollout's ``a_<i``, and differs from the sampled-target loss."""
+    algo = build("tad-ppo", "matrix:tad10", "algo.distill_target=probs", "algo.epochs=1", "algo.minibatches=1",
+                 "env.num_envs=64", seed=3)
+    with torch.no_grad():  # a decentralized actor far from uniform, so that the targets matter
+        torch.nn.init.normal_(algo.actor.decentralized.head_out.weight, std=1.0)
+    ro, _, _, _ = algo._collect()
+    with torch.no_grad():
+        logits_e, h = algo._actor_sequence(algo.actor.decentralized, ro)
+        T, B, N = ro.actions.shape
+        coord = algo.actor.coord_logits(h.reshape(T * B, N, -1), ro.actions.reshape(T * B, N)).view(T, B, N, -1)
+        p_T = torch.softmax(coord.masked_fill(~ro.avail, -1e10), -1)
+        logp = torch.log_softmax(logits_e.masked_fill(~ro.avail, -1e10), -1)
+        soft = float(-(p_T * logp).sum(-1).sum(-1)[ro.valid].mean())
+        sampled = float(-logp.gather(-1, ro.actions[..., None])[..., 0].sum(-1)[ro.valid].mean())
+    assert soft != pytest.approx(sampled, rel=1e-3)
+    assert algo._update(ro)["loss/distill"] == pytest.approx(soft, rel=1e-5)
+
+
+def _dagger_algo(seed: int = 5):
+    algo = build("tad-ppo", "matrix:tad10", "algo.distill_envs=0.25", "algo.distill_target=sample", "algo.epochs=1",
+                 "algo.minibatches=1", "env.num_envs=16", seed=seed)
+    with torch.no_grad():  # the decentralized policy all but always picks action 0; the coordination policy does not
+        algo.actor.decentralized.head_out.bias[0] = 50.0
+    return algo
+
+
+def test_distill_envs_are_driven_by_the_decentralized_policy_and_only_train_the_distillation() -> None:
+    """``distill_envs`` (DAgger): the first quarter of the envs is acted in by the decentralized policy; PPO's
+    losses do not see those steps (changing their rewards changes no PPO loss, changing another env's does);
+    the distillation labels them with the coordination policy's distribution."""
+    algo = _dagger_algo()
+    assert algo.decentralized_envs.tolist() == [True] * 4 + [False] * 12
+    ro, metrics, steps, _ = algo._collect()
+    assert steps == 16 and "train/decentralized_return" in metrics and "train/return" in metrics
+    dec = ro.decentralized[0]
+    assert dec.tolist() == algo.decentralized_envs.tolist()
+    assert (ro.actions[:, dec] == 0).all() and (ro.actions[:, ~dec] != 0).any()
+    with torch.no_grad():
+        logits_e, h = algo._actor_sequence(algo.actor.decentralized, ro)
+        T, B, N = ro.actions.shape
+        coord = algo.actor.coord_logits(h.reshape(T * B, N, -1), ro.actions.reshape(T * B, N)).view(T, B, N, -1)
+        logp = torch.log_softmax(logits_e.masked_fill(~ro.avail, -1e10), -1)
+        soft = -(torch.softmax(coord.masked_fill(~ro.avail, -1e10), -1) * logp).sum(-1).sum(-1)
+        sampled = -logp.gather(-1, ro.actions[..., None])[..., 0].sum(-1)
+        expected = float(torch.where(ro.decentralized, soft, sampled)[ro.valid].mean())
+    base = algo._update(ro)
+    assert base["loss/distill"] == pytest.approx(expected, rel=1e-5)
+
+    def losses_with_rewards_changed(envs: torch.Tensor) -> dict[str, float]:
+        other = _dagger_algo()
+        ro2, _, _, _ = other._collect()
+        torch.testing.assert_close(ro2.actions, ro.actions, rtol=0, atol=0)  # the same seed, the same rollout
+        ro2.rewards[:, envs] += 7.0
+        return other._update(ro2)
+
+    on_dec = losses_with_rewards_changed(dec)
+    on_ppo = losses_with_rewards_changed(~dec & (torch.arange(B) == 4))
+    for key in ("loss/policy", "loss/value", "loss/distill"):
+        assert on_dec[key] == pytest.approx(base[key], rel=1e-6), key
+    assert on_ppo["loss/value"] != pytest.approx(base["loss/value"], rel=1e-3)
+
+
+def test_distill_envs_out_of_range_names_the_valid_values() -> None:
+    with pytest.raises(ConfigValueError, match=r"distill_envs=1.0.*\[0, 1\)"):
+        load_config("tad-ppo", "matrix:tad10", overrides=["algo.distill_envs=1.0"])
+    with pytest.raises(ConfigValueError, match=r"distill_envs=0.01 of env.num_envs=16 is 0 envs.*valid: 0.0625"):
+        build("tad-ppo", "matrix:tad10", "algo.distill_envs=0.01", "env.num_envs=16")

@@ -105,6 +105,8 @@ class Rollout:
     ended: torch.Tensor  # [T, B] bool (terminated or truncated)
     starts: torch.Tensor  # [T, B] bool: first step of an episode (recurrent state reset before it)
     valid: torch.Tensor  # [T, B] bool: step belongs to the data (episodes mode drops steps after the first episode)
+    decentralized: torch.Tensor  # [T, B] bool: the decentralized policy acted, not the one PPO learns (TAD-PPO's
+    # distillation envs): PPO masks these steps out
     h0: torch.Tensor  # [B, N, H] actor hidden state before step 0
 
     def envs(self, idx: torch.Tensor) -> Rollout:
@@ -180,6 +182,8 @@ class RecurrentPPOBase:
             )
         torch.manual_seed(derive_seed(self.seed, 0))  # network initialisation
         self.agent_config = agent_net_config(cfg.agent, spec)
+        self.decentralized_envs = np.zeros(self.B, dtype=bool)
+        """Envs of the rollout driven by the decentralized policy (``_build`` sets them: TAD-PPO's ``distill_envs``)."""
         self._build(spec)
         if self.opts.orthogonal_init:
             self._init_weights()
@@ -295,11 +299,12 @@ class RecurrentPPOBase:
             self._starts = torch.ones(B, dtype=torch.bool, device=dev)
             self._ep_return = np.zeros(B)
         keys = ("obs", "state", "avail", "prev_actions", "actions", "logp", "values_norm", "boot_norm",
-                "truncated_only", "rewards", "terminated", "ended", "starts", "valid")
+                "truncated_only", "rewards", "terminated", "ended", "starts", "valid", "decentralized")
+        dec_t = self._tensor(self.decentralized_envs)
         buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         h0 = self._hidden.clone()
         active = np.ones(B, dtype=bool)
-        returns, wins, scores = [], [], []
+        returns, wins, scores, dec_returns, dec_wins = [], [], [], [], []
         t_inf = t_sim = 0.0
         steps = 0
         for _t in range(self.T):
@@ -324,13 +329,16 @@ class RecurrentPPOBase:
                          ("actions", actions), ("logp", logp), ("values_norm", v_norm), ("boot_norm", boot),
                          ("truncated_only", self._tensor(trunc_only)), ("rewards", self._tensor(nxt.reward, torch.float32)),
                          ("terminated", self._tensor(nxt.terminated)), ("ended", self._tensor(ended)),
-                         ("starts", self._starts), ("valid", self._tensor(active.copy()))):
+                         ("starts", self._starts), ("valid", self._tensor(active.copy())), ("decentralized", dec_t)):
                 buf[k].append(v)
             self._ep_return += nxt.reward
-            done_idx = np.flatnonzero(ended & active)
+            done_idx = np.flatnonzero(ended & active & ~self.decentralized_envs)
             returns.extend(self._ep_return[done_idx].tolist())
             wins.extend(nxt.won[done_idx].tolist())
             scores.extend(nxt.score[done_idx].tolist())
+            dec_idx = np.flatnonzero(ended & active & self.decentralized_envs)
+            dec_returns.extend(self._ep_return[dec_idx].tolist())
+            dec_wins.extend(nxt.won[dec_idx].tolist())
             self._ep_return[ended] = 0.0
             ended_t = self._tensor(ended)
             self._hidden = hidden_out * (~ended_t).to(hidden_out.dtype)[:, None, None]
@@ -352,13 +360,16 @@ class RecurrentPPOBase:
             obs=st["obs"], state=st["state"], avail=st["avail"], prev_actions=st["prev_actions"],
             actions=st["actions"], logp=st["logp"], values=self._denorm(values_norm), values_norm=values_norm,
             next_values=self._denorm(next_norm), rewards=st["rewards"], terminated=st["terminated"],
-            ended=st["ended"], starts=st["starts"], valid=st["valid"], h0=h0,
+            ended=st["ended"], starts=st["starts"], valid=st["valid"], decentralized=st["decentralized"], h0=h0,
         )
         metrics = {"time/inference": t_inf, "time/simulation": t_sim}
         if returns:
             metrics.update({"train/return": float(np.mean(returns)), "train/win_rate": float(np.mean(wins)),
                             "train/score": float(np.mean(scores))})
-        return ro, metrics, steps, len(returns)
+        if dec_returns:  # training episodes of the decentralized policy (TAD-PPO's distillation envs)
+            metrics.update({"train/decentralized_return": float(np.mean(dec_returns)),
+                            "train/decentralized_win_rate": float(np.mean(dec_wins))})
+        return ro, metrics, steps, len(returns) + len(dec_returns)
 
     _first_value_only = False
     """True where the successor of an env step is valued by the first virtual step only (TAD)."""

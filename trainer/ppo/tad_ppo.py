@@ -68,12 +68,22 @@ class TADPPOOptions(PPOOptions):
     distill_shares_encoder: bool = True
     """The distillation loss also trains the representation layer and GRU shared with the coordination
     policy (Sec. 5.2: "we share GRU and the representation layer"); False trains only the decentralized head."""
-    distill_target: Literal["sample", "greedy"] = "sample"
+    distill_target: Literal["sample", "greedy", "probs"] = "sample"
     """What the decentralized actors imitate: ``sample`` - the joint actions the coordination policy sampled
     (Eq. 6, the cross-entropy to pi_jt); ``greedy`` - its greedy joint action on the same states (Algorithm 1
-    distils the deterministic coordination policy). They differ where pi_jt spreads over several optimal
-    joint actions: a product of marginals of that mixture can pair one agent's part of one optimum with the
-    other agent's part of another (matrix:tad10's matrix 4 has five optima on its anti-diagonal)."""
+    distils the deterministic coordination policy); ``probs`` - Eq. 6 with the expectation over each agent's
+    action taken exactly: the cross-entropy to ``pi_T(. | tau, a_<i)`` at the rollout's ``a_<i`` (the same
+    objective as ``sample``, without the sampling noise). ``sample`` and ``greedy`` differ where pi_jt
+    spreads over several optimal joint actions: a product of marginals of that mixture can pair one agent's
+    part of one optimum with the other agent's part of another (matrix:tad10's matrix 4 has five optima on
+    its anti-diagonal)."""
+    distill_envs: float = 0.0
+    """Fraction of the rollout's envs that the decentralized policy drives (its own samples). Their steps
+    train the distillation only (PPO, the critic, the value and advantage normalisation mask them out),
+    labelled with the coordination policy's distribution at the states the decentralized policy reaches
+    (``probs``, whatever ``distill_target`` is): DAgger (Ross et al., 2011). A policy cloned on the
+    coordination policy's states alone meets states it never learned once it acts on its own. Their env
+    steps count toward the budget; ``train/decentralized_*`` reports their episodes."""
     per_agent_heads: bool = True
     """Each position of the virtual order gets its own coordination-policy head (the representation layer,
     GRU and attention stay shared). With one shared head the later agents mirror the earlier agents'
@@ -89,6 +99,9 @@ class TADPPOOptions(PPOOptions):
                 f"[algo] n_heads={self.n_heads}, head_dim={self.head_dim}, distill_coef={self.distill_coef}: "
                 "valid: n_heads/head_dim >= 1 (or 0 = the paper's value for the env), distill_coef >= 0"
             )
+        if not 0.0 <= self.distill_envs < 1.0:
+            raise ConfigValueError(f"[algo] distill_envs={self.distill_envs!r}: valid: a fraction in [0, 1) of "
+                                   "env.num_envs (0 = the coordination policy drives every env)")
 
 
 class TADPPO(RecurrentPPOBase):
@@ -109,6 +122,14 @@ class TADPPO(RecurrentPPOBase):
         self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim, self.opts.per_agent_heads)
         self.critic = TADCritic(spec.state_dim, spec.n_agents, spec.n_actions, self.n_heads, self.head_dim,
                                 self.opts.critic_hidden_dim)
+        n_dec = round(self.opts.distill_envs * self.B)
+        if self.opts.distill_envs > 0 and not 1 <= n_dec < self.B:
+            raise ConfigValueError(
+                f"algo.distill_envs={self.opts.distill_envs} of env.num_envs={self.B} is {n_dec} envs; it needs at "
+                f"least one env for the decentralized policy and one for PPO: valid: {1 / self.B:.3g} to "
+                f"{(self.B - 1) / self.B:.3g}, or 0")
+        self.decentralized_envs[:n_dec] = True
+        self._dec_rows = torch.as_tensor(self.decentralized_envs, device=self.device) if n_dec else None
 
     def _decentralized(self) -> AgentNet:
         return self.actor.decentralized
@@ -124,6 +145,10 @@ class TADPPO(RecurrentPPOBase):
             actions_BN = masked_greedy(logits_e_BNA, avail_BNA)
             return actions_BN, torch.zeros_like(actions_BN, dtype=torch.float32), h_BNH.new_zeros(actions_BN.shape), h_BNH
         actions_BN, logp_BN = self._decide_in_order(h_BNH, avail_BNA, greedy=mode != "sample")
+        if mode == "sample" and self._dec_rows is not None and len(self._dec_rows) == len(actions_BN):
+            # DAgger envs: the decentralized policy acts (its log-probs and values are masked out of PPO).
+            own = sample_actions(masked_logits(logits_e_BNA, avail_BNA), self.generator)
+            actions_BN = torch.where(self._dec_rows[:, None], own, actions_BN)
         values_BN = self.critic(state_BS, actions_BN) if mode == "sample" else torch.zeros_like(logp_BN)
         return actions_BN, logp_BN, values_BN, h_BNH
 
@@ -154,7 +179,8 @@ class TADPPO(RecurrentPPOBase):
             flat = interleave_virtual_steps(ro.rewards, ro.values, ro.next_values[:, :, 0], ro.terminated, ro.ended)
             adv_v, ret_v = gae(*flat, gamma=gamma_v, lam=lam_v)  # [T*N, B]
             adv_TBN, ret_TBN = deinterleave(adv_v, N), deinterleave(ret_v, N)
-            valid_TBN = ro.valid[:, :, None].expand(T, B, N)
+            ppo_TB = ro.valid & ~ro.decentralized  # steps the coordination policy took
+            valid_TBN = ppo_TB[:, :, None].expand(T, B, N)
             if opts.value_norm:
                 self.value_norm.update(ret_TBN[valid_TBN])
             target_TBN = self.value_norm.normalize(ret_TBN) if opts.value_norm else ret_TBN
@@ -169,7 +195,7 @@ class TADPPO(RecurrentPPOBase):
             for idx in self._minibatches():
                 mb = ro.envs(idx)
                 t_, b_ = mb.valid.shape
-                mask = mb.valid[:, :, None]
+                mask = (mb.valid & ~mb.decentralized)[:, :, None]
                 logits_e, h = self._actor_sequence(self.actor.decentralized, mb)  # [T, b, N, A], [T, b, N, H]
                 H = h.shape[-1]
                 coord = self.actor.coord_logits(h.reshape(t_ * b_, N, H), mb.actions.reshape(t_ * b_, N))
@@ -187,7 +213,14 @@ class TADPPO(RecurrentPPOBase):
                                                           mb.avail.reshape(t_ * b_, N, -1), greedy=True)
                     targets = greedy.view(t_, b_, N)
                 logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, targets)
-                distill = masked_mean(-logp_e.sum(-1), mb.valid)
+                ce = -logp_e.sum(-1)  # [t, b]
+                soft = mb.decentralized if opts.distill_target != "probs" else torch.ones_like(mb.valid)
+                if soft.any():  # cross-entropy to pi_T(. | tau, a_<i), a_<i as taken
+                    p_T = torch.softmax(coord.view(t_, b_, N, -1).detach().masked_fill(~mb.avail, -1e10), -1)
+                    logp_all = torch.log_softmax(logits_e.masked_fill(~mb.avail, -1e10), -1)
+                    ce_soft = -(p_T * logp_all.masked_fill(~mb.avail, 0.0)).sum(-1).sum(-1)
+                    ce = torch.where(soft, ce_soft, ce)
+                distill = masked_mean(ce, mb.valid)
                 # Value loss: V(s, a_<i) of every virtual step.
                 S = mb.state.shape[-1]
                 v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N)).view(t_, b_, N)
