@@ -396,3 +396,21 @@ def test_distill_envs_out_of_range_names_the_valid_values() -> None:
         load_config("tad-ppo", "matrix:tad10", overrides=["algo.distill_envs=1.0"])
     with pytest.raises(ConfigValueError, match=r"distill_envs=0.01 of env.num_envs=16 is 0 envs.*valid: 0.0625"):
         build("tad-ppo", "matrix:tad10", "algo.distill_envs=0.01", "env.num_envs=16")
+
+
+def test_distill_epochs_step_only_the_detached_head_and_lower_its_loss() -> None:
+    """``distill_epochs`` with ``distill_shares_encoder = false`` (SMAX): the extra passes move the decentralized
+    head only (encoder, coordination head and critic stay as they are) and lower the distillation loss."""
+    algo = build("tad-ppo", "matrix:tad10", "algo.distill_epochs=20", "algo.distill_shares_encoder=false",
+                 "algo.distill_target=probs", "env.num_envs=64", seed=3)
+    ro, _, _, _ = algo._collect()
+    head = {k for k, _ in algo.actor.decentralized.head.named_parameters(prefix="decentralized.head")}
+    before = {k: v.detach().clone() for k, v in algo.actor.named_parameters()}
+    critic = {k: v.detach().clone() for k, v in algo.critic.named_parameters()}
+    first = algo._distill_only(ro)
+    moved = {k for k, v in algo.actor.named_parameters() if not torch.equal(v, before[k])}
+    assert moved == head, moved ^ head
+    assert all(torch.equal(v, critic[k]) for k, v in algo.critic.named_parameters())
+    assert algo._distill_only(ro) < first
+    with pytest.raises(ConfigValueError, match="distill_epochs=-1"):
+        load_config("tad-ppo", "matrix:tad10", overrides=["algo.distill_epochs=-1"])

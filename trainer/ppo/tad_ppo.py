@@ -77,6 +77,10 @@ class TADPPOOptions(PPOOptions):
     spreads over several optimal joint actions: a product of marginals of that mixture can pair one agent's
     part of one optimum with the other agent's part of another (matrix:tad10's matrix 4 has five optima on
     its anti-diagonal)."""
+    distill_epochs: int = 0
+    """Passes of the distillation loss alone after PPO's ``epochs`` on each rollout (0 = none): the decentralized
+    actors learn from the updated coordination policy (with ``distill_shares_encoder = false`` only their head
+    steps, on features computed once)."""
     distill_envs: float = 0.0
     """Fraction of the rollout's envs that the decentralized policy drives (its own samples). Their steps
     train the distillation only (PPO, the critic, the value and advantage normalisation mask them out),
@@ -99,6 +103,8 @@ class TADPPOOptions(PPOOptions):
                 f"[algo] n_heads={self.n_heads}, head_dim={self.head_dim}, distill_coef={self.distill_coef}: "
                 "valid: n_heads/head_dim >= 1 (or 0 = the paper's value for the env), distill_coef >= 0"
             )
+        if self.distill_epochs < 0:
+            raise ConfigValueError(f"[algo] distill_epochs={self.distill_epochs!r}: valid: an integer >= 0")
         if not 0.0 <= self.distill_envs < 1.0:
             raise ConfigValueError(f"[algo] distill_envs={self.distill_envs!r}: valid: a fraction in [0, 1) of "
                                    "env.num_envs (0 = the coordination policy drives every env)")
@@ -206,21 +212,7 @@ class TADPPO(RecurrentPPOBase):
                 # Distillation loss (Eq. 6): -sum_i log pi_E(a_i | tau_i), a ~ pi_jt on the visited states.
                 if not opts.distill_shares_encoder:
                     logits_e = self.actor.decentralized.head(h.detach())
-                targets = mb.actions
-                if opts.distill_target == "greedy":  # the deterministic coordination policy (Algorithm 1, line 6)
-                    with torch.no_grad():
-                        greedy, _ = self._decide_in_order(h.detach().reshape(t_ * b_, N, H),
-                                                          mb.avail.reshape(t_ * b_, N, -1), greedy=True)
-                    targets = greedy.view(t_, b_, N)
-                logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, targets)
-                ce = -logp_e.sum(-1)  # [t, b]
-                soft = mb.decentralized if opts.distill_target != "probs" else torch.ones_like(mb.valid)
-                if soft.any():  # cross-entropy to pi_T(. | tau, a_<i), a_<i as taken
-                    p_T = torch.softmax(coord.view(t_, b_, N, -1).detach().masked_fill(~mb.avail, -1e10), -1)
-                    logp_all = torch.log_softmax(logits_e.masked_fill(~mb.avail, -1e10), -1)
-                    ce_soft = -(p_T * logp_all.masked_fill(~mb.avail, 0.0)).sum(-1).sum(-1)
-                    ce = torch.where(soft, ce_soft, ce)
-                distill = masked_mean(ce, mb.valid)
+                distill = masked_mean(self._distill_ce(logits_e, coord.view(t_, b_, N, -1), h.detach(), mb), mb.valid)
                 # Value loss: V(s, a_<i) of every virtual step.
                 S = mb.state.shape[-1]
                 v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N)).view(t_, b_, N)
@@ -233,7 +225,52 @@ class TADPPO(RecurrentPPOBase):
                              ("train/grad_norm_actor", gn_a), ("train/grad_norm_critic", gn_c)):
                     sums[k] += float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                 n += 1
-        return {**{k: v / n for k, v in sums.items()}, "train/entropy_coef": entropy_coef}
+        out = {**{k: v / n for k, v in sums.items()}, "train/entropy_coef": entropy_coef}
+        if opts.distill_epochs:
+            out["loss/distill_extra"] = self._distill_only(ro)
+        return out
+
+    def _distill_ce(self, logits_e: torch.Tensor, coord: torch.Tensor, h: torch.Tensor, mb: Rollout) -> torch.Tensor:
+        """Eq. 6's cross-entropy ``[t, b]`` of the decentralized actors (logits ``[t, b, N, A]``) to the target of
+        ``distill_target`` from the coordination logits ``coord`` ``[t, b, N, A]``; on ``distill_envs`` rows
+        (and with ``probs``) to the distribution ``pi_T(. | tau, a_<i)`` at the actions taken."""
+        t_, b_, N = mb.actions.shape
+        targets = mb.actions
+        if self.opts.distill_target == "greedy":  # the deterministic coordination policy (Algorithm 1, line 6)
+            with torch.no_grad():
+                greedy, _ = self._decide_in_order(h.reshape(t_ * b_, N, -1), mb.avail.reshape(t_ * b_, N, -1),
+                                                  greedy=True)
+            targets = greedy.view(t_, b_, N)
+        logp_e, _ = categorical_logp_entropy(logits_e, mb.avail, targets)
+        ce = -logp_e.sum(-1)
+        soft = mb.decentralized if self.opts.distill_target != "probs" else torch.ones_like(mb.valid)
+        if soft.any():
+            p_T = torch.softmax(coord.detach().masked_fill(~mb.avail, -1e10), -1)
+            logp_all = torch.log_softmax(logits_e.masked_fill(~mb.avail, -1e10), -1)
+            ce = torch.where(soft, -(p_T * logp_all.masked_fill(~mb.avail, 0.0)).sum(-1).sum(-1), ce)
+        return ce
+
+    def _distill_only(self, ro: Rollout) -> float:
+        """``distill_epochs`` passes of the distillation loss alone after PPO's, on the updated coordination
+        policy's labels; with a detached head the features are computed once and only the head steps."""
+        opts, (T, B, N) = self.opts, ro.actions.shape
+        with torch.no_grad():
+            _, h_all = self._actor_sequence(self.actor.decentralized, ro)
+            coord_all = self.actor.coord_logits(h_all.reshape(T * B, N, -1), ro.actions.reshape(T * B, N)).view(
+                T, B, N, -1)
+        total, n = 0.0, 0
+        for _ in range(opts.distill_epochs):
+            for idx in self._minibatches():
+                mb = ro.envs(idx)
+                if opts.distill_shares_encoder:
+                    logits_e, _ = self._actor_sequence(self.actor.decentralized, mb)
+                else:
+                    logits_e = self.actor.decentralized.head(h_all[:, idx])
+                distill = masked_mean(self._distill_ce(logits_e, coord_all[:, idx], h_all[:, idx], mb), mb.valid)
+                self._step_optimizers(opts.distill_coef * distill)
+                total += float(distill.detach())
+                n += 1
+        return total / n
 
     def _eval_metrics(self, n_episodes: int) -> dict[str, float]:
         """TAD-PPO (distilled, decentralized: ``eval/return``, ``eval/win_rate``), TAD-PPO-T (the joint
