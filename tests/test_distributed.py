@@ -146,6 +146,24 @@ def test_tad_ppo_with_two_workers_reaches_the_optimum(cluster, tmp_path: Path) -
     assert summary.last_train["train/policy_lag"] == 0.0
 
 
+def test_tad_ppo_distill_envs_are_each_workers_own_quarter(cluster, tmp_path: Path) -> None:
+    """``algo.distill_envs`` (DAgger) with workers: each worker drives the first quarter of its own envs with the
+    decentralized policy, and the learner's batch keeps those rows out of PPO (its ``decentralized`` mask)."""
+    cfg = config(cluster, "tad-ppo", "matrix:tad10", 2 * 16, "ray.envs_per_worker=8", "algo.distill_envs=0.25",
+                 "run.eval_interval=0", "run.save_interval=0")
+    run = TrainingRun(cfg, tmp_path, env_spec(cfg.env.env_id), QUIET)
+    try:
+        ro, metrics, steps, _ = run.algo.inner._collect()
+        stats = run.algo.train_iteration()
+    finally:
+        run.close()
+    per_env = ro.decentralized.any(0).cpu().numpy()
+    assert per_env.tolist() == [True, True] + [False] * 6 + [True, True] + [False] * 6
+    assert (ro.decentralized == ro.decentralized[:1]).all()  # a row is one kind for the whole rollout
+    assert "train/decentralized_return" in metrics and "train/return" in metrics
+    assert np.isfinite(stats.metrics["loss/distill"])
+
+
 def test_same_seed_same_first_episodes_and_stale_episodes_are_dropped(cluster) -> None:
     """Worker w's envs are seeded from (run seed, w): two runs with the same seed and worker count collect the
     same first episodes. Then the learner moves on two versions with all four version-0 tasks (two queued per
