@@ -405,8 +405,12 @@ def test_distill_envs_are_driven_by_the_decentralized_policy_and_only_train_the_
 def test_distill_envs_out_of_range_names_the_valid_values() -> None:
     with pytest.raises(ConfigValueError, match=r"distill_envs=1.0.*\[0, 1\)"):
         load_config("tad-ppo", "matrix:tad10", overrides=["algo.distill_envs=1.0"])
-    with pytest.raises(ConfigValueError, match=r"distill_envs=0.01 of env.num_envs=16 is 0 envs.*valid: 0.0625"):
-        build("tad-ppo", "matrix:tad10", "algo.distill_envs=0.01", "env.num_envs=16")
+    with pytest.raises(ConfigValueError, match=r"distill_envs=0.25 needs env.num_envs >= 2.*got 1.*distill_envs=0"):
+        build("tad-ppo", "matrix:tad10", "algo.distill_envs=0.25", "env.num_envs=1")
+    for frac, envs, n_dec in ((0.01, 16, 1), (0.25, 2, 1), (0.25, 16, 4), (0.9, 4, 3)):  # whole envs, >= 1 each
+        algo = build("tad-ppo", "matrix:tad10", f"algo.distill_envs={frac}", f"env.num_envs={envs}")
+        assert int(algo.decentralized_envs.sum()) == n_dec, (frac, envs)
+        assert algo.decentralized_envs[:n_dec].all()
 
 
 def test_distill_epochs_step_only_the_detached_head_and_lower_its_loss() -> None:

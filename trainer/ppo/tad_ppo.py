@@ -86,8 +86,9 @@ class TADPPOOptions(PPOOptions):
     train the distillation only (PPO, the critic, the value and advantage normalisation mask them out),
     labelled with the coordination policy's distribution at the states the decentralized policy reaches
     (``probs``, whatever ``distill_target`` is): DAgger (Ross et al., 2011). A policy cloned on the
-    coordination policy's states alone meets states it never learned once it acts on its own. Their env
-    steps count toward the budget; ``train/decentralized_*`` reports their episodes."""
+    coordination policy's states alone meets states it never learned once it acts on its own. Rounded to
+    whole envs, at least one for each policy (0.25 of 2 envs is 1). Their env steps count toward the
+    budget; ``train/decentralized_*`` reports their episodes."""
     per_agent_heads: bool = True
     """Each position of the virtual order gets its own coordination-policy head (the representation layer,
     GRU and attention stay shared). With one shared head the later agents mirror the earlier agents'
@@ -128,12 +129,13 @@ class TADPPO(RecurrentPPOBase):
         self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim, self.opts.per_agent_heads)
         self.critic = TADCritic(spec.state_dim, spec.n_agents, spec.n_actions, self.n_heads, self.head_dim,
                                 self.opts.critic_hidden_dim)
-        n_dec = round(self.opts.distill_envs * self.B)
-        if self.opts.distill_envs > 0 and not 1 <= n_dec < self.B:
-            raise ConfigValueError(
-                f"algo.distill_envs={self.opts.distill_envs} of env.num_envs={self.B} is {n_dec} envs; it needs at "
-                f"least one env for the decentralized policy and one for PPO: valid: {1 / self.B:.3g} to "
-                f"{(self.B - 1) / self.B:.3g}, or 0")
+        n_dec = 0
+        if self.opts.distill_envs > 0:  # whole envs, at least one for each policy
+            if self.B < 2:
+                raise ConfigValueError(
+                    f"algo.distill_envs={self.opts.distill_envs} needs env.num_envs >= 2 (one env for the "
+                    f"decentralized policy, one for PPO), got {self.B}: raise env.num_envs or set algo.distill_envs=0")
+            n_dec = min(max(1, round(self.opts.distill_envs * self.B)), self.B - 1)
         self.decentralized_envs[:n_dec] = True
         self._dec_rows = torch.as_tensor(self.decentralized_envs, device=self.device) if n_dec else None
 
