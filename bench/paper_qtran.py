@@ -176,7 +176,8 @@ def games_markdown(doc: dict) -> str:
     lines = [f"# {title}", "",
              f"Each cell: one method trained on one game for {meta['steps']} env steps with the matrix family's packaged "
              f"defaults{' plus `' + ' '.join(meta['overrides']) + '`' if meta['overrides'] else ''} (one config for every "
-             f"game: epsilon = 1, 32 envs, 8 updates of 32 episodes per iteration, Adam 5e-4), then the agents' greedy "
+             f"game: epsilon = 1, 32 envs, {meta.get('updates_per_iteration', 8)} updates of 32 episodes per iteration, "
+             f"Adam 5e-4), then the agents' greedy "
              f"joint action is read. {meta['machine']}; {meta['workers']} worker processes. Command: `{meta['command']}`.",
              "", "| method | games | optimum reached | fraction | mean regret | mean wall s per cell | mean CPU s per cell |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -207,14 +208,19 @@ def games_markdown(doc: dict) -> str:
 
 
 def run_games(args: argparse.Namespace) -> None:
+    from marlctl.trainer.config import load_config
     from marlctl.trainer.matrix_runs import run_cells
 
     out_json = args.out / f"{GAMES_OUT[args.experiment]}.json"
     cells = games_cells(args)
     wanted = {_cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
                          "overrides": c.overrides}) for c in cells}
-    done = json.loads(out_json.read_text())["cells"] if out_json.is_file() else []
-    done = [d for d in done if _cell_key(d) in wanted]  # settings changed: those cells are run again
+    updates = load_config(args.algos[0], "matrix:qtran", overrides=list(args.set)).learner.updates_per_iteration
+    old = json.loads(out_json.read_text()) if out_json.is_file() else {"meta": {}, "cells": []}
+    # Cells saved under other packaged defaults (before the key existed: 8 updates per iteration) are run again,
+    # as are cells whose settings changed.
+    same_defaults = old["meta"].get("updates_per_iteration", 8) == updates
+    done = [d for d in old["cells"] if same_defaults and _cell_key(d) in wanted]
     have = {_cell_key(d) for d in done}
     todo = [c for c in cells if _cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
                                            "overrides": c.overrides}) not in have]
@@ -224,6 +230,7 @@ def run_games(args: argparse.Namespace) -> None:
         + ([f"--games {args.games}", f"--game-seed {args.game_seed}"] if args.experiment == "random"
            else ["--seeds", *map(str, args.seeds)]) + [f"--set {o}" for o in args.set] + [f"--workers {args.workers}"])
     meta = {"experiment": args.experiment, "steps": args.steps, "algos": args.algos, "overrides": args.set,
+            "updates_per_iteration": updates,
             "workers": args.workers, "command": command,
             "machine": f"{os.cpu_count()} CPU cores (shared with other work), CPU torch, 1 thread per worker"}
 

@@ -1,7 +1,8 @@
 """QTRAN beyond Table 1: random 3x3 games (Table 6's protocol) and the two-peak 21x21 game, at 20k env steps.
 
-One config for every game: the matrix family's packaged defaults (epsilon = 1, 32 envs, 8 updates of
-32 episodes per iteration, Adam 5e-4) and the Table 1 budget of 20,000 env steps. The games are
+One config for every game: the matrix family's packaged defaults (epsilon = 1, 32 envs, 32 updates of
+32 episodes per iteration - Algorithm 1's one update per env step -, Adam 5e-4) and the Table 1 budget of
+20,000 env steps. The games are
 generated here (``random_payoff``: entries U[0, 1)). Cells run two at a time in worker processes
 (``trainer.matrix_runs``). The 50-game check does not fit CI (100 cells of 20-35 CPU-s each): it is
 ``bench/paper_qtran.py --experiment random`` (results in ``bench/results/paper_qtran_random.md``; target
