@@ -57,9 +57,10 @@ PAPER["qtran-alt"] = PAPER["qtran-base"]
 
 def train_tables(algo: str, seed: int, steps: int, updates: int, workdir: Path) -> dict:
     """Train ``algo`` on the matrix game and return its tables and greedy evaluation."""
+    from marlctl.envs import env_spec
     from marlctl.trainer.config import load_config
     from marlctl.trainer.learners.matrix_tables import matrix_tables
-    from marlctl.trainer.run import TrainingRun, _spec_of
+    from marlctl.trainer.run import TrainingRun
     from rich.console import Console
 
     overrides = ["env.num_envs=32", f"learner.updates_per_iteration={updates}", "replay.batch_size=32",
@@ -71,7 +72,7 @@ def train_tables(algo: str, seed: int, steps: int, updates: int, workdir: Path) 
     cfg = load_config(algo, "matrix:qtran", overrides=overrides, steps=steps, seed=seed, device="cpu")
     run_dir = workdir / f"{algo}_s{seed}"
     run_dir.mkdir(parents=True)
-    run = TrainingRun(cfg, run_dir, _spec_of("matrix:qtran"), Console(quiet=True))
+    run = TrainingRun(cfg, run_dir, env_spec("matrix:qtran"), Console(quiet=True))
     t0 = time.perf_counter()
     summary = run.loop_to_end()
     tables = matrix_tables(run.algo.learner, run.algo.buffer.gather(np.arange(1)))

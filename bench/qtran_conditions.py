@@ -87,8 +87,9 @@ def measure(run: Any, episodes: int = 64, seed: int = 0) -> dict[str, Any]:
 
 
 def run_cell(algo: str, env_id: str, seed: int, args: argparse.Namespace, cells: Path) -> dict[str, Any]:
+    from marlctl.envs import env_spec
     from marlctl.trainer.config import load_config
-    from marlctl.trainer.run import TrainingRun, _spec_of
+    from marlctl.trainer.run import TrainingRun
     from rich.console import Console
 
     name = f"{algo}_{env_id.replace(':', '_').replace(',', '_').replace('=', '')}_s{seed}"
@@ -101,7 +102,7 @@ def run_cell(algo: str, env_id: str, seed: int, args: argparse.Namespace, cells:
     cfg = load_config(algo, env_id, overrides=overrides, steps=args.steps, seed=seed, device="cpu")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qtran_conditions_") as tmp:
-        run = TrainingRun(cfg, Path(tmp) / name, _spec_of(env_id), Console(quiet=True))
+        run = TrainingRun(cfg, Path(tmp) / name, env_spec(env_id), Console(quiet=True))
         try:
             run.loop_to_end()
             rec = {"algo": algo, "env_id": env_id, "seed": seed, "steps": args.steps, "overrides": overrides,

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from marlctl.agents.files import atomic_write_text
 from marlctl.agents.recurrent import masked_greedy
+from marlctl.envs import env_spec
 from marlctl.trainer.ppo.networks import masked_logits
 from marlctl.trainer.registry import algorithm_spec
-from marlctl.trainer.run import _spec_of, load_run_config
+from marlctl.trainer.run import load_run_config
 
 MODES = ("decentralized", "joint", "joint_ctx_zero", "joint_ctx_random", "joint_ctx_decentralized")
 LABELS = {"decentralized": "TAD-PPO (distilled)", "joint": "TAD-PPO-T (joint)", "joint_ctx_zero": "joint, a_<i = 0",
@@ -38,7 +39,7 @@ def probe(run_dir: Path, episodes: int, checkpoint: str) -> dict[str, Any]:
     cfg = load_run_config(run_dir)
     if cfg.run.algo != "tad-ppo":
         raise SystemExit(f"{run_dir} is a {cfg.run.algo} run; this bench reads TAD-PPO runs")
-    spec = _spec_of(cfg.env.env_id)
+    spec = env_spec(cfg.env.env_id)
     algo = algorithm_spec("tad-ppo").build(cfg, spec, torch.device("cpu"))
     ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=False)
     algo.load_state_dict(ckpt["algorithm"])

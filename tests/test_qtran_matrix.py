@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from marlctl.envs import env_spec
 from marlctl.trainer.config import load_config
 from marlctl.trainer.learners.matrix_tables import MatrixTables, matrix_tables
-from marlctl.trainer.run import TrainingRun, _spec_of
+from marlctl.trainer.run import TrainingRun
 from rich.console import Console
 
 PAYOFF = np.array([[8.0, -12.0, -12.0], [-12.0, 0.0, 0.0], [-12.0, 0.0, 0.0]])  # Table 1a
@@ -25,7 +26,7 @@ BUDGET = ["env.num_envs=32", "learner.updates_per_iteration=8", "run.eval_interv
 def train(algo: str, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[TrainingRun, MatrixTables, dict]:
     cfg = load_config(algo, "matrix:qtran", overrides=[*BUDGET, *extra], steps=4000, seed=0, device="cpu")
     assert cfg.exploration.epsilon_start == cfg.exploration.epsilon_finish == 1.0  # full exploration
-    run = TrainingRun(cfg, tmp, _spec_of(cfg.env.env_id), Console(quiet=True))
+    run = TrainingRun(cfg, tmp, env_spec(cfg.env.env_id), Console(quiet=True))
     summary = run.loop_to_end()
     first = run.algo.buffer.gather(np.arange(1))
     tables = matrix_tables(run.algo.learner, first)
@@ -64,9 +65,9 @@ def test_vjt_zero_warns_on_partially_observable_env() -> None:
 
     cfg = load_config("qtran-base", "predator_prey", overrides=["algo.vjt_zero=true"], steps=10)
     with pytest.warns(ConfigWarning, match="vjt_zero"):
-        check_against_env(cfg, _spec_of("predator_prey"))
+        check_against_env(cfg, env_spec("predator_prey"))
     fo = load_config("qtran-base", "matrix:qtran", overrides=["algo.vjt_zero=true"], steps=10)
-    assert check_against_env(fo, _spec_of("matrix:qtran")) == []
+    assert check_against_env(fo, env_spec("matrix:qtran")) == []
 
 
 def test_vjt_zero_run_on_matrix_game(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from marlctl.envs import env_spec
 from marlctl.trainer.config import load_config
 from marlctl.trainer.learners.matrix_tables import matrix_tables
 from marlctl.trainer.learners.remix import RecentReplay, RemixBatch
 from marlctl.trainer.registry import algorithm_spec
-from marlctl.trainer.run import TrainingRun, _spec_of
+from marlctl.trainer.run import TrainingRun
 from rich.console import Console
 
 PP = "predator_prey:agents=2,prey=1,grid=5,punishment=0.5,reward=1,limit=12"
@@ -20,7 +21,7 @@ SMALL = ["env.num_envs=4", "replay.batch_size=4", "run.progress=false", "run.eva
 def build(algo: str, extra: tuple[str, ...] = ()):  # -> ValueAlgorithm
     cfg = load_config(algo, PP, overrides=[*SMALL, *extra], steps=100, seed=0, device="cpu")
     torch.manual_seed(0)
-    return algorithm_spec(algo).build(cfg, _spec_of(PP), torch.device("cpu"))
+    return algorithm_spec(algo).build(cfg, env_spec(PP), torch.device("cpu"))
 
 
 def test_recent_replay_draws_from_the_newest_episodes() -> None:
@@ -69,7 +70,7 @@ def test_remix_finds_the_matrix_optimum(tmp_path: Path) -> None:
                       overrides=["env.num_envs=32", "learner.updates_per_iteration=8", "replay.batch_size=32",
                                  "learner.td_lambda=0", "run.progress=false", "run.eval_interval=0",
                                  "run.eval_episodes=8", "run.save_interval=0"])
-    run = TrainingRun(cfg, tmp_path, _spec_of("matrix:qtran"), Console(quiet=True))
+    run = TrainingRun(cfg, tmp_path, env_spec("matrix:qtran"), Console(quiet=True))
     summary = run.loop_to_end()
     tables = matrix_tables(run.algo.learner, run.algo.buffer.gather(np.arange(1)))
     run.close()
