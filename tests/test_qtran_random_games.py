@@ -4,10 +4,10 @@ One config for every game: the matrix family's packaged defaults (epsilon = 1, 3
 32 episodes per iteration - Algorithm 1's one update per env step -, Adam 5e-4) and the Table 1 budget of
 20,000 env steps. The games are
 generated here (``random_payoff``: entries U[0, 1)). Cells run two at a time in worker processes
-(``trainer.matrix_runs``). The 50-game check does not fit CI (100 cells of 20-35 CPU-s each): it is
+(``trainer.matrix_runs``). The 50-game check does not fit CI (100 cells of 77-95 CPU-s each): it is
 ``bench/paper_qtran.py --experiment random`` (results in ``bench/results/paper_qtran_random.md``; target
 >= 95% of games for each variant). CI trains a seeded subset at the same settings: game 0 of the
-benchmark's family and the two-peak game, both variants (four cells, about 160 CPU-s on two workers).
+benchmark's family and the two-peak game, both variants (four cells, about 340 CPU-s on two workers).
 Before the L_nopt_min fix QTRAN-alt ended at (5, 12), payoff 1, on the two-peak game.
 """
 from __future__ import annotations
