@@ -177,7 +177,8 @@ def games_markdown(doc: dict) -> str:
     lines = [f"# {title}", "",
              f"Each cell: one method trained on one game for {meta['steps']} env steps with the matrix family's packaged "
              f"defaults{' plus `' + ' '.join(meta['overrides']) + '`' if meta['overrides'] else ''} (one config for every "
-             f"game: epsilon = 1, 32 envs, {meta.get('updates_per_iteration', 8)} updates of 32 episodes per iteration, "
+             f"game: epsilon = 1, 32 envs, {meta['defaults'][meta['algos'][0]]['learner']['updates_per_iteration']} "
+             f"updates of 32 episodes per iteration, "
              f"Adam 5e-4), then the agents' greedy "
              f"joint action is read. {meta['machine']}; {meta['workers']} worker processes. Command: `{meta['command']}`.",
              "", "| method | games | optimum reached | fraction | mean regret | mean wall s per cell | mean CPU s per cell |",
@@ -216,12 +217,13 @@ def run_games(args: argparse.Namespace) -> None:
     cells = games_cells(args)
     wanted = {_cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
                          "overrides": c.overrides}) for c in cells}
-    updates = load_config(args.algos[0], "matrix:qtran", overrides=list(args.set)).learner.updates_per_iteration
+    # Every method's resolved matrix config (packaged defaults + --set): "defaults" change between commits, and a
+    # cell saved under other ones is trained again, as is a cell whose own settings changed.
+    defaults = json.loads(json.dumps({a: load_config(a, "matrix:qtran", overrides=list(args.set)).to_dict()
+                                      for a in args.algos}))
     old = json.loads(out_json.read_text()) if out_json.is_file() else {"meta": {}, "cells": []}
-    # Cells saved under other packaged defaults (before the key existed: 8 updates per iteration) are run again,
-    # as are cells whose settings changed.
-    same_defaults = old["meta"].get("updates_per_iteration", 8) == updates
-    done = [d for d in old["cells"] if same_defaults and _cell_key(d) in wanted]
+    saved = old["meta"].get("defaults", {})
+    done = [d for d in old["cells"] if _cell_key(d) in wanted and saved.get(d["algo"]) == defaults[d["algo"]]]
     have = {_cell_key(d) for d in done}
     todo = [c for c in cells if _cell_key({"algo": c.algo, "name": c.name, "seed": c.seed, "steps": c.steps,
                                            "overrides": c.overrides}) not in have]
@@ -231,7 +233,7 @@ def run_games(args: argparse.Namespace) -> None:
         + ([f"--games {args.games}", f"--game-seed {args.game_seed}"] if args.experiment == "random"
            else ["--seeds", *map(str, args.seeds)]) + [f"--set {o}" for o in args.set] + [f"--workers {args.workers}"])
     meta = {"experiment": args.experiment, "steps": args.steps, "algos": args.algos, "overrides": args.set,
-            "updates_per_iteration": updates,
+            "defaults": defaults,
             "workers": args.workers, "command": command,
             "machine": f"{os.cpu_count()} CPU cores (shared with other work), CPU torch, 1 thread per worker"}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,48 +22,35 @@ from marlctl.agents.files import atomic_write_text
 
 def trace(algo: str, game: int, steps: int, every: int, overrides: list[str]) -> list[dict]:
     import torch
-    from marlctl.envs import env_spec
-    from marlctl.trainer.config import load_config
     from marlctl.trainer.learners.matrix_tables import matrix_tables
-    from marlctl.trainer.matrix_runs import random_payoff
-    from marlctl.trainer.registry import algorithm_spec
-    from marlctl.trainer.run import seed_everything
+    from marlctl.trainer.matrix_runs import Cell, cell_algorithm, payoff_tuple, random_payoff
 
-    torch.set_num_threads(1)
-    payoff = random_payoff(game)
-    optimum = tuple(int(a) for a in np.unravel_index(int(payoff.argmax()), payoff.shape))
+    # The benchmark's cell for this game (its seed is the game's index): trained the same way, read every `every`.
+    cell = Cell(algo=algo, name=f"random_{game}", steps=steps, seed=game, payoff=payoff_tuple(random_payoff(game)),
+                overrides=tuple(overrides))
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="marlctl_trace_") as tmp:
-        path = Path(tmp) / "payoff.npy"
-        np.save(path, payoff)
-        env_id = f"matrix:file={path}"
-        cfg = load_config(algo, env_id, overrides=["run.progress=false", *overrides], steps=steps, seed=game,
-                          device="cpu")
-        seed_everything(game)  # the seed of cell g is g, as in bench/paper_qtran.py --experiment random
-        alg = algorithm_spec(algo).build(cfg, env_spec(env_id), torch.device("cpu"))
-        try:
-            next_at = every
-            while alg.env_steps < steps:
-                alg.train_iteration()
-                if alg.env_steps < next_at and alg.env_steps < steps:
-                    continue
-                next_at += every
-                first = alg.buffer.gather(np.arange(1))
-                t = matrix_tables(alg.learner, first)
-                with torch.no_grad():
-                    _, h = alg.learner.agent_features(first)
-                    _, v = alg.learner.joint(h[:, :1], first.actions, first.state[:, :1])
-                v_jt = float(v[0, 0])
-                rows.append({
-                    "env_steps": int(alg.env_steps), "greedy": list(t.greedy), "optimum": list(optimum),
-                    "margin": float(t.q_prime[optimum] - t.q_prime[t.greedy]), "v_jt": v_jt,
-                    "cond_4b_at_optimum": float(t.q_prime[optimum] - t.q_joint[optimum] + v_jt),
-                    "max_abs_err": float(np.abs(t.q_joint - payoff).max()), "q_i": t.q_i.round(4).tolist(),
-                })
-                print(f"{rows[-1]['env_steps']:>6} greedy {tuple(t.greedy)} margin {rows[-1]['margin']:+.4f} "
-                      f"(4b) {rows[-1]['cond_4b_at_optimum']:+.4f} |Q_jt - R| {rows[-1]['max_abs_err']:.4f}", flush=True)
-        finally:
-            alg.close()
+    with cell_algorithm(cell) as (alg, payoff):
+        optimum = tuple(int(a) for a in np.unravel_index(int(payoff.argmax()), payoff.shape))
+        next_at = every
+        while alg.env_steps < steps:
+            alg.train_iteration()
+            if alg.env_steps < next_at and alg.env_steps < steps:
+                continue
+            next_at += every
+            first = alg.buffer.gather(np.arange(1))
+            t = matrix_tables(alg.learner, first)
+            with torch.no_grad():
+                _, h = alg.learner.agent_features(first)
+                _, v = alg.learner.joint(h[:, :1], first.actions, first.state[:, :1])
+            v_jt = float(v[0, 0])
+            rows.append({
+                "env_steps": int(alg.env_steps), "greedy": list(t.greedy), "optimum": list(optimum),
+                "margin": float(t.q_prime[optimum] - t.q_prime[t.greedy]), "v_jt": v_jt,
+                "cond_4b_at_optimum": float(t.q_prime[optimum] - t.q_joint[optimum] + v_jt),
+                "max_abs_err": float(np.abs(t.q_joint - payoff).max()), "q_i": t.q_i.round(4).tolist(),
+            })
+            print(f"{rows[-1]['env_steps']:>6} greedy {tuple(t.greedy)} margin {rows[-1]['margin']:+.4f} "
+                  f"(4b) {rows[-1]['cond_4b_at_optimum']:+.4f} |Q_jt - R| {rows[-1]['max_abs_err']:.4f}", flush=True)
     return rows
 
 
@@ -77,7 +63,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     for r in rows:
         q = r["q_i"]
         lines.append(f"| {r['env_steps']} | {tuple(r['greedy'])} | {r['margin']:+.4f} | {r['cond_4b_at_optimum']:+.4f} | "
-                     f"{r['v_jt']:+.3f} | {r['max_abs_err']:.4f} | {q[0]} | {q[1] if len(q) > 1 else ''} |")
+                     f"{r['v_jt']:+.3f} | {r['max_abs_err']:.4f} | {q[0]} | {q[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,12 +86,14 @@ def _matrix_payoff(env_id: str) -> np.ndarray:
     return payoffs[0]
 
 
-def train_cell(cell: Cell) -> CellResult:
-    """Train one cell in this process and read its greedy joint action (single torch thread)."""
+@contextmanager
+def cell_algorithm(cell: Cell) -> Iterator[tuple[Any, np.ndarray]]:
+    """The cell's algorithm, built as ``marlctl train`` builds it (seeded, CPU, one torch thread), and its payoff.
+
+    A payoff cell's game lives in a temporary ``.npy`` file for as long as the context is open."""
     import torch
     from marlctl.envs import env_spec
     from marlctl.trainer.config import load_config
-    from marlctl.trainer.learners.matrix_tables import matrix_tables
     from marlctl.trainer.registry import algorithm_spec
     from marlctl.trainer.run import seed_everything
 
@@ -105,15 +109,23 @@ def train_cell(cell: Cell) -> CellResult:
         cfg = load_config(cell.algo, env_id, overrides=["run.progress=false", *cell.overrides],
                           steps=cell.steps, seed=cell.seed, device="cpu")
         seed_everything(cell.seed)
-        t0, c0 = time.perf_counter(), time.process_time()
         alg = algorithm_spec(cell.algo).build(cfg, env_spec(env_id), torch.device("cpu"))
         try:
-            while alg.env_steps < cell.steps:
-                alg.train_iteration()
-            tables = matrix_tables(alg.learner, alg.buffer.gather(np.arange(1)))
-            eval_return = alg.evaluate(8)["eval/return"]
+            yield alg, payoff
         finally:
             alg.close()
+
+
+def train_cell(cell: Cell) -> CellResult:
+    """Train one cell in this process and read its greedy joint action (single torch thread)."""
+    from marlctl.trainer.learners.matrix_tables import matrix_tables
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with cell_algorithm(cell) as (alg, payoff):
+        while alg.env_steps < cell.steps:
+            alg.train_iteration()
+        tables = matrix_tables(alg.learner, alg.buffer.gather(np.arange(1)))
+        eval_return = alg.evaluate(8)["eval/return"]
     greedy = tuple(int(a) for a in tables.greedy)
     optimum = tuple(int(a) for a in np.unravel_index(int(payoff.argmax()), payoff.shape))
     return CellResult(
