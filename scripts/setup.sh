@@ -73,6 +73,5 @@ if python -m pip show onnxruntime >/dev/null 2>&1; then
   python -m pip uninstall -y -q onnxruntime
   "${PIP[@]}" --force-reinstall --no-deps onnxruntime-gpu
 fi
-python -m marlctl.proto.build >/dev/null 2>&1 || true
 echo "$want" > "$stamp"
 say "done: $(python -c 'import torch, jax, onnxruntime as o; print(f"torch {torch.__version__}, jax {jax.__version__}, onnxruntime {o.__version__}")')"
