@@ -427,5 +427,7 @@ def test_distill_epochs_step_only_the_detached_head_and_lower_its_loss() -> None
     assert moved == head, moved ^ head
     assert all(torch.equal(v, critic[k]) for k, v in algo.critic.named_parameters())
     assert algo._distill_only(ro) < first
+    # An iteration's ``updates`` counts the extra passes' optimizer steps too, not PPO's alone.
+    assert algo.train_iteration().updates == (algo.opts.epochs + 20) * algo.opts.minibatches
     with pytest.raises(ConfigValueError, match="distill_epochs=-1"):
         load_config("tad-ppo", "matrix:tad10", overrides=["algo.distill_epochs=-1"])

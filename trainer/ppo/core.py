@@ -200,6 +200,7 @@ class RecurrentPPOBase:
         self._eval_envs: dict[int, Any] = {}
         self.iteration = 0
         self.env_steps = 0
+        self.optimizer_steps = 0  # every _step_optimizers call: PPO's minibatch steps and any extra passes
         self.evals = 0  # evaluations so far: each one plays episodes of its own seed
         self._current: BatchStep | None = None
 
@@ -283,6 +284,7 @@ class RecurrentPPOBase:
         gn_c = nn.utils.clip_grad_norm_(self.critic.parameters(), clip if clip > 0 else math.inf)
         self.actor_optim.step()
         self.critic_optim.step()
+        self.optimizer_steps += 1
         return float(gn_a), float(gn_c)
 
     # ------------------------------------------------------------------ rollout
@@ -381,6 +383,7 @@ class RecurrentPPOBase:
         self.critic.train()
         ro, metrics, steps, episodes = self._collect()
         t0 = time.perf_counter()
+        steps_before = self.optimizer_steps
         metrics.update(self._update(ro))
         if self.opts.input_norm:
             self._refresh_input_norm(ro)
@@ -388,7 +391,7 @@ class RecurrentPPOBase:
         self.iteration += 1
         self.env_steps += steps
         return IterationStats(env_steps=steps, episodes=episodes,
-                              updates=self.opts.epochs * self.opts.minibatches, metrics=metrics)
+                              updates=self.optimizer_steps - steps_before, metrics=metrics)
 
     @torch.no_grad()
     def _refresh_input_norm(self, ro: Rollout) -> None:
