@@ -24,6 +24,8 @@ def print_summary(summary: Any, title: str, agent_labels: list[str]) -> None:
                   f"  ({s.wall_seconds:.1f} s)")
     lo, hi = s.win_rate_ci
     table.add_row("win rate", f"{_fmt(s.win_rate)}  (95% Wilson CI {_fmt(lo)} .. {_fmt(hi)}; {s.wins} wins)")
+    table.add_row("outcomes", f"{s.wins} won, {s.episodes - s.wins - s.time_outs} ended without a win, "
+                  f"{s.time_outs} at the episode limit")
     lo, hi = s.return_ci
     table.add_row("mean return", f"{_fmt(s.mean_return)}  (95% t CI {_fmt(lo)} .. {_fmt(hi)})")
     table.add_row("episode length", f"{_fmt(s.mean_length, 1)} steps (mean)")

@@ -112,6 +112,9 @@ class EpisodeSummary:
     """Finished episodes in which at least one decision was a fallback."""
     wins: int
     """Finished episodes with ``won``."""
+    time_outs: int
+    """Finished episodes cut at the env's episode limit (truncated, not terminated) without a win: on SMAX/SMAC a
+    battle that neither team won in time, on a fixed-length game (``predator_prey_qtran``) every episode."""
     win_rate: float
     win_rate_ci: tuple[float, float]
     """Wilson 95 % interval of the win rate."""
@@ -134,6 +137,7 @@ class EpisodeSummary:
             "aborted": self.aborted,
             "degraded": self.degraded,
             "wins": self.wins,
+            "time_outs": self.time_outs,
             "win_rate": self.win_rate,
             "win_rate_ci": list(self.win_rate_ci),
             "mean_return": self.mean_return,
@@ -160,15 +164,19 @@ def summarize(
     wons: Sequence[bool],
     lengths: Sequence[int],
     *,
+    truncated: Sequence[bool] | None = None,
     aborted: int = 0,
     degraded: int = 0,
     latencies_ms: dict[int, Sequence[float]] | None = None,
     fallbacks: dict[tuple[int, str], int] | None = None,
     wall_seconds: float = 0.0,
 ) -> EpisodeSummary:
-    """Build an ``EpisodeSummary`` from per-episode outcomes of the finished episodes."""
-    if not len(returns) == len(wons) == len(lengths):
-        raise ValueError(f"returns/wons/lengths differ in length: {len(returns)}/{len(wons)}/{len(lengths)}")
+    """Build an ``EpisodeSummary`` from per-episode outcomes of the finished episodes (``truncated``: whether
+    each ended at the episode limit; none did when not given)."""
+    truncated = [False] * len(returns) if truncated is None else truncated
+    if not len(returns) == len(wons) == len(lengths) == len(truncated):
+        raise ValueError(f"returns/wons/lengths/truncated differ in length: "
+                         f"{len(returns)}/{len(wons)}/{len(lengths)}/{len(truncated)}")
     n = len(returns)
     wins = int(sum(bool(w) for w in wons))
     mean, lo, hi = mean_t_interval(returns)
@@ -181,6 +189,7 @@ def summarize(
         aborted=aborted,
         degraded=degraded,
         wins=wins,
+        time_outs=int(sum(bool(t) and not bool(w) for t, w in zip(truncated, wons, strict=True))),
         win_rate=wins / n if n else math.nan,
         win_rate_ci=wilson_interval(wins, n),
         mean_return=mean,
@@ -208,6 +217,7 @@ def summarize_records(records: Sequence[Any], wall_seconds: float = 0.0) -> Epis
         [r.outcome.episode_return for r in done],
         [r.outcome.won for r in done],
         [r.outcome.length for r in done],
+        truncated=[r.outcome.truncated and not r.outcome.terminated for r in done],
         aborted=len(records) - len(done),
         degraded=sum(r.outcome.degraded for r in done),
         latencies_ms=lat,

@@ -18,7 +18,14 @@ from marlctl.serving.records import (
     load_record,
     save_record,
 )
-from marlctl.serving.stats import mean_t_interval, percentiles, summarize, t_quantile_975, wilson_interval
+from marlctl.serving.stats import (
+    mean_t_interval,
+    percentiles,
+    summarize,
+    summarize_records,
+    t_quantile_975,
+    wilson_interval,
+)
 
 SPEC = {"env_id": "matrix:qtran", "n_agents": 2, "obs_dim": 3, "state_dim": 3, "n_actions": 3,
         "episode_limit": 4, "fully_observable": True, "has_won": False, "action_names": []}
@@ -136,6 +143,11 @@ def test_summary_and_percentiles():
     assert s.win_rate == pytest.approx(2 / 3) and s.mean_return == pytest.approx(16 / 3)
     assert s.latency_ms[0] == (2.0, pytest.approx(2.98)) and math.isnan(s.latency_ms[1][0])
     assert s.to_dict()["fallbacks"] == [{"agent": 1, "reason": "timeout", "count": 2}]
+    assert s.time_outs == 0 and s.to_dict()["time_outs"] == 0  # none given: none ended at the limit
+    cut = summarize([1.0, 0.0, 0.0], [True, False, False], [3, 60, 60], truncated=[False, True, False])
+    assert cut.time_outs == 1 and cut.wins == 1
+    with pytest.raises(ValueError, match="truncated"):
+        summarize([1.0], [True], [3], truncated=[False, True])
     empty = summarize([], [], [], aborted=2).to_dict()
     assert empty["win_rate"] is None and empty["return_ci"] == [None, None] and empty["aborted"] == 2
     json.dumps(empty, allow_nan=False)
@@ -163,6 +175,14 @@ def _played(env_id: str, seed: int) -> EpisodeRecord:
                         length=len(actions), terminated=ts.terminated, truncated=ts.truncated, degraded=False),
         latency_ms_TN=np.zeros((len(actions), n)),
     )
+
+
+def test_summary_counts_the_episodes_cut_at_the_limit():
+    """Records of real episodes: a fixed-length game's are all cut at its limit; a matrix game's never are."""
+    fixed = summarize_records([_played("predator_prey_qtran:limit=12", seed=s) for s in range(3)])
+    assert (fixed.episodes, fixed.time_outs, fixed.wins) == (3, 3, 0)
+    one_shot = summarize_records([_played("matrix:qtran", seed=s) for s in range(3)])
+    assert (one_shot.episodes, one_shot.time_outs) == (3, 0)
 
 
 def test_replay_matches_a_true_record_and_catches_doctored_ones(tmp_path):
