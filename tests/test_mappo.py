@@ -90,3 +90,35 @@ def test_each_evaluation_plays_new_seeds_and_a_resumed_run_continues_them(name: 
     copy = build_algo(name, "matrix:tad10", "env.num_envs=8")
     copy.load_state_dict(algo.state_dict())
     assert copy.evaluate(8) == algo.evaluate(8)
+
+
+@pytest.mark.parametrize("name", ["mappo", "tad-ppo"])
+def test_agent_specific_critic_reads_each_agents_own_observation(name: str) -> None:
+    """``algo.critic_input = "state_obs"`` (MAPPO's agent-specific state): V_i moves with agent i's observation
+    and with nobody else's; it trains, bootstraps truncated steps from the final observation, and resumes."""
+    algo = build_algo(name, "hallway:limit=2", "env.num_envs=8", "env.rollout=steps", "env.steps_per_iteration=6",
+                      "algo.critic_input=state_obs")
+    spec = algo.spec
+    state, obs = torch.randn(5, spec.state_dim), torch.randn(5, spec.n_agents, spec.obs_dim)
+    actions = torch.zeros(5, spec.n_agents, dtype=torch.long)
+    value = functools.partial(algo.critic, state) if name == "mappo" else (lambda o: algo.critic(state, actions, o))
+    before = value(obs)
+    moved = obs.clone()
+    moved[:, 1] += 1.0
+    changed = (value(moved) - before).abs().amax(0)
+    if name == "mappo":  # V_i(s, o_i): only agent 1's value reads agent 1's observation
+        assert changed[1] > 0 and torch.all(changed[[0]] == 0), changed
+    else:  # TAD: V(s, a_<i) at step i reads agent i's observation: step 1 moves, step 0 does not
+        assert changed[1] > 0 and changed[0] == 0, changed
+    with pytest.raises(ValueError, match="critic_input = state_obs"):
+        algo.critic(state) if name == "mappo" else algo.critic(state, actions)
+    stats = algo.train_iteration()
+    assert stats.updates > 0 and np.isfinite(stats.metrics["loss/value"])
+    assert torch.all(algo.critic.obs_std != 1.0)  # the observation statistics are baked into the critic too
+    copy = build_algo(name, "hallway:limit=2", "env.num_envs=8", "env.rollout=steps", "env.steps_per_iteration=6",
+                      "algo.critic_input=state_obs")
+    copy.load_state_dict(algo.state_dict())
+    torch.testing.assert_close(copy.critic(state, obs) if name == "mappo" else copy.critic(state, actions, obs),
+                               algo.critic(state, obs) if name == "mappo" else algo.critic(state, actions, obs))
+    with pytest.raises(ConfigValueError, match="critic_input='obs'; valid: state, state_obs"):
+        load_config(name, "hallway", overrides=["algo.critic_input=obs"])

@@ -16,7 +16,7 @@ from marlctl.trainer.algorithm import IterationStats
 from marlctl.trainer.errors import ConfigValueError
 from marlctl.trainer.masked import masked_mean
 from marlctl.trainer.optim import make_optimizer
-from marlctl.trainer.ppo.networks import run_agents
+from marlctl.trainer.ppo.networks import CRITIC_INPUTS, run_agents
 from marlctl.trainer.ppo.value_norm import ValueNorm
 from marlctl.trainer.rollout import derive_seed
 from marlctl.trainer.running_stats import RunningMeanStd
@@ -62,6 +62,10 @@ class PPOOptions:
     """Critic learning rate (the actor uses ``optim.lr``)."""
     critic_hidden_dim: int = 64
     """Width of the critic's layers."""
+    critic_input: str = "state"
+    """What the centralized critic reads besides agent ``i``'s one-hot id: ``state`` (the env's global state,
+    MAPPO's "EP" state) or ``state_obs`` (the global state and agent ``i``'s own observation: MAPPO's
+    agent-specific "AS" state, its reference code's SMAC default; Yu et al. 2022, Suggestion 2)."""
     input_norm: bool = True
     """Normalize actor observations and critic states with running statistics (MAPPO's feature
     normalization), refreshed after every update and baked into the networks (and the exported actor)."""
@@ -79,6 +83,8 @@ class PPOOptions:
             "huber_delta": self.huber_delta >= 0.0, "critic_lr": self.critic_lr > 0.0,
             "critic_hidden_dim": self.critic_hidden_dim >= 1, "eval_envs": self.eval_envs >= 1,
         }
+        if self.critic_input not in CRITIC_INPUTS:
+            raise ConfigValueError(f"algo.critic_input={self.critic_input!r}; valid: {', '.join(CRITIC_INPUTS)}")
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigValueError(
@@ -228,7 +234,7 @@ class RecurrentPPOBase:
         Returns actions ``[B, N]``, their log-probs ``[B, N]``, raw critic outputs ``[B, N]``, next hidden ``[B, N, H]``."""
         raise NotImplementedError
 
-    def _bootstrap_values(self, state_BS: torch.Tensor) -> torch.Tensor:
+    def _bootstrap_values(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor) -> torch.Tensor:
         """Raw critic outputs ``[B, N]`` of the first decision in ``state_BS`` (successor values)."""
         raise NotImplementedError
 
@@ -325,7 +331,8 @@ class RecurrentPPOBase:
             boot = torch.zeros(B, N, device=dev)
             if trunc_only.any():
                 idx = np.flatnonzero(trunc_only)
-                boot[idx] = self._bootstrap_values(self._tensor(nxt.final_state[idx], torch.float32))
+                boot[idx] = self._bootstrap_values(self._tensor(nxt.final_state[idx], torch.float32),
+                                                   self._tensor(nxt.final_obs[idx], torch.float32))
             ended = nxt.done
             for k, v in (("obs", obs), ("state", state), ("avail", avail), ("prev_actions", self._prev),
                          ("actions", actions), ("logp", logp), ("values_norm", v_norm), ("boot_norm", boot),
@@ -351,7 +358,8 @@ class RecurrentPPOBase:
                 active &= ~ended
                 if not active.any():
                     break
-        last_norm = self._bootstrap_values(self._tensor(self._current.state, torch.float32))
+        last_norm = self._bootstrap_values(self._tensor(self._current.state, torch.float32),
+                                           self._tensor(self._current.obs, torch.float32))
         st = {k: torch.stack(v) for k, v in buf.items()}
         values_norm = st["values_norm"]
         # Successor values: the next step's, the last state's after the rollout, the final state's where truncated.
@@ -403,8 +411,7 @@ class RecurrentPPOBase:
         net = self._decentralized()
         net.obs_mean.copy_(self.obs_stats.mean_std()[0])
         net.obs_std.copy_(self.obs_stats.mean_std()[1])
-        self.critic.state_mean.copy_(self.state_stats.mean_std()[0])
-        self.critic.state_std.copy_(self.state_stats.mean_std()[1])
+        self.critic.set_input_stats(*self.state_stats.mean_std(), *self.obs_stats.mean_std())
 
     @torch.no_grad()
     def _run_eval(self, n_episodes: int, mode: str) -> dict[str, float]:

@@ -31,7 +31,8 @@ class MAPPO(RecurrentPPOBase):
 
     def _build(self, spec: EnvSpec) -> None:
         self.actor = AgentNet(self.agent_config)
-        self.critic = CentralCritic(spec.state_dim, spec.n_agents, self.opts.critic_hidden_dim)
+        self.critic = CentralCritic(spec.state_dim, spec.n_agents, self.opts.critic_hidden_dim,
+                                    obs_dim=spec.obs_dim if self.opts.critic_input == "state_obs" else 0)
 
     def _decentralized(self) -> AgentNet:
         return self.actor
@@ -46,12 +47,12 @@ class MAPPO(RecurrentPPOBase):
             logits_BNA = masked_logits(logits_BNA, avail_BNA)
             actions_BN = sample_actions(logits_BNA, self.generator)
             logp_BN = torch.log_softmax(logits_BNA, -1).gather(-1, actions_BN[..., None]).squeeze(-1)
-            return actions_BN, logp_BN, self.critic(state_BS), hidden_BNH
+            return actions_BN, logp_BN, self.critic(state_BS, obs_BNO), hidden_BNH
         actions_BN = masked_greedy(logits_BNA, avail_BNA)
         return actions_BN, torch.zeros_like(actions_BN, dtype=torch.float32), logits_BNA.new_zeros(actions_BN.shape), hidden_BNH
 
-    def _bootstrap_values(self, state_BS: torch.Tensor) -> torch.Tensor:
-        return self.critic(state_BS)
+    def _bootstrap_values(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor) -> torch.Tensor:
+        return self.critic(state_BS, obs_BNO)
 
     def _update(self, ro: Rollout) -> dict[str, float]:
         opts, (T, B, N) = self.opts, ro.actions.shape
@@ -84,7 +85,7 @@ class MAPPO(RecurrentPPOBase):
                 ent = masked_mean(entropy, mask)
                 # Value loss
                 t_, b_, S = mb.state.shape
-                v_new = self.critic(mb.state.reshape(t_ * b_, S)).view(t_, b_, N)
+                v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.obs.reshape(t_ * b_, N, -1)).view(t_, b_, N)
                 v_loss = ppo_value_loss(v_new, mb.values_norm, target_TBN[:, idx], opts, mask)
                 loss = pg_loss - entropy_coef * ent + opts.value_loss_coef * v_loss
                 gn_a, gn_c = self._step_optimizers(loss)

@@ -38,27 +38,60 @@ def mappo_init(module: nn.Module, output_layers: list[tuple[nn.Linear, float]]) 
         nn.init.zeros_(layer.bias)
 
 
-class CentralCritic(nn.Module):
-    """MAPPO's centralized critic: ``V_i(s)`` from the global state and agent ``i``'s one-hot id (shared MLP)."""
+CRITIC_INPUTS = ("state", "state_obs")
 
-    def __init__(self, state_dim: int, n_agents: int, hidden_dim: int = 64) -> None:
+
+class _CriticInput(nn.Module):
+    """The per-agent input of a centralized critic, ``[B, N, D]``: the global state, agent ``i``'s own observation
+    when ``obs_dim > 0`` (``critic_input = "state_obs"``: MAPPO's agent-specific global state, the reference
+    code's SMAC default) and agent ``i``'s one-hot id; state and observation normalized with the statistics the
+    trainer bakes in (``set_input_stats``)."""
+
+    def __init__(self, state_dim: int, n_agents: int, obs_dim: int = 0) -> None:
         super().__init__()
-        self.n_agents = n_agents
+        self.n_agents, self.obs_dim = n_agents, obs_dim
         self.register_buffer("state_mean", torch.zeros(state_dim))
         self.register_buffer("state_std", torch.ones(state_dim))
+        if obs_dim:
+            self.register_buffer("obs_mean", torch.zeros(obs_dim))
+            self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.input_dim = state_dim + obs_dim + n_agents
+
+    def critic_input(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor | None) -> torch.Tensor:
+        B, S = state_BS.shape
+        parts = [((state_BS - self.state_mean) / self.state_std)[:, None, :].expand(B, self.n_agents, S)]
+        if self.obs_dim:
+            if obs_BNO is None:
+                raise ValueError("this critic reads each agent's observation (critic_input = state_obs): pass obs_BNO")
+            parts.append((obs_BNO - self.obs_mean) / self.obs_std)
+        parts.append(torch.eye(self.n_agents, device=state_BS.device).expand(B, -1, -1))
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def set_input_stats(self, state_mean: torch.Tensor, state_std: torch.Tensor, obs_mean: torch.Tensor,
+                        obs_std: torch.Tensor) -> None:
+        self.state_mean.copy_(state_mean)
+        self.state_std.copy_(state_std)
+        if self.obs_dim:
+            self.obs_mean.copy_(obs_mean)
+            self.obs_std.copy_(obs_std)
+
+
+class CentralCritic(_CriticInput):
+    """MAPPO's centralized critic: ``V_i(s)`` (or ``V_i(s, o_i)``) from the critic input and agent ``i``'s one-hot
+    id (shared MLP)."""
+
+    def __init__(self, state_dim: int, n_agents: int, hidden_dim: int = 64, obs_dim: int = 0) -> None:
+        super().__init__(state_dim, n_agents, obs_dim)
         self.net = nn.Sequential(
-            nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(),
+            nn.Linear(self.input_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, 1),
         )
 
-    def forward(self, state_BS: torch.Tensor) -> torch.Tensor:
+    def forward(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor | None = None) -> torch.Tensor:
         """Values ``[B, N]`` (normalized units when the trainer uses value normalization)."""
-        B, S = state_BS.shape
-        state_BS = (state_BS - self.state_mean) / self.state_std
-        ids_NN = torch.eye(self.n_agents, device=state_BS.device)
-        x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
-        return self.net(x).squeeze(-1)
+        return self.net(self.critic_input(state_BS, obs_BNO)).squeeze(-1)
 
 
 class AgentwiseMLP(nn.Module):
@@ -129,39 +162,31 @@ class TADActor(nn.Module):
         return self.coord_head.forward_agent(x_BI, preceding_actions_BM.shape[1])
 
 
-class TADCritic(nn.Module):
-    """TAD-PPO's critic on the transformed MDP: ``V(s, a_<i)`` for virtual step ``i`` from the global
-    state, agent ``i``'s id and attention over the preceding agents' actions."""
+class TADCritic(_CriticInput):
+    """TAD-PPO's critic on the transformed MDP: ``V(s, a_<i)`` for virtual step ``i`` from the critic input
+    (global state, with ``obs_dim`` agent ``i``'s observation too; agent ``i``'s id) and attention over the
+    preceding agents' actions."""
 
     def __init__(self, state_dim: int, n_agents: int, n_actions: int, n_heads: int, head_dim: int,
-                 hidden_dim: int = 64) -> None:
-        super().__init__()
-        self.n_agents = n_agents
-        self.register_buffer("state_mean", torch.zeros(state_dim))
-        self.register_buffer("state_std", torch.ones(state_dim))
+                 hidden_dim: int = 64, obs_dim: int = 0) -> None:
+        super().__init__(state_dim, n_agents, obs_dim)
         self.base = nn.Sequential(
-            nn.Linear(state_dim + n_agents, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+            nn.Linear(self.input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
         )
         self.attention = PrecedingActionAttention(hidden_dim, n_actions, n_agents, n_heads, head_dim, hidden_dim)
         self.head = nn.Sequential(
             nn.Linear(hidden_dim + self.attention.out_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
         )
 
-    def _base(self, state_BS: torch.Tensor) -> torch.Tensor:
-        B, S = state_BS.shape
-        state_BS = (state_BS - self.state_mean) / self.state_std
-        ids_NN = torch.eye(self.n_agents, device=state_BS.device)
-        x = torch.cat([state_BS[:, None, :].expand(B, self.n_agents, S), ids_NN.expand(B, -1, -1)], dim=-1)
-        return self.base(x)  # [B, N, H]
-
-    def forward(self, state_BS: torch.Tensor, actions_BN: torch.Tensor) -> torch.Tensor:
+    def forward(self, state_BS: torch.Tensor, actions_BN: torch.Tensor,
+                obs_BNO: torch.Tensor | None = None) -> torch.Tensor:
         """``V(s, a_<i)`` for every virtual step ``i``: ``[B, N]``."""
-        h_BNH = self._base(state_BS)
+        h_BNH = self.base(self.critic_input(state_BS, obs_BNO))
         return self.head(torch.cat([h_BNH, self.attention(h_BNH, actions_BN)], dim=-1)).squeeze(-1)
 
-    def first_value(self, state_BS: torch.Tensor) -> torch.Tensor:
+    def first_value(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor | None = None) -> torch.Tensor:
         """``V(s, a_<0)`` (first virtual step of an env step, nothing chosen yet): ``[B]``."""
-        h_BH = self._base(state_BS)[:, 0]
+        h_BH = self.base(self.critic_input(state_BS, obs_BNO))[:, 0]
         empty = torch.zeros(state_BS.shape[0], 0, dtype=torch.long, device=state_BS.device)
         return self.head(torch.cat([h_BH, self.attention.forward_agent(h_BH, empty)], dim=-1)).squeeze(-1)
 

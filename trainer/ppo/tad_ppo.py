@@ -128,7 +128,8 @@ class TADPPO(RecurrentPPOBase):
         self.head_dim = self.opts.head_dim or paper_dim
         self.actor = TADActor(self.agent_config, self.n_heads, self.head_dim, self.opts.per_agent_heads)
         self.critic = TADCritic(spec.state_dim, spec.n_agents, spec.n_actions, self.n_heads, self.head_dim,
-                                self.opts.critic_hidden_dim)
+                                self.opts.critic_hidden_dim,
+                                obs_dim=spec.obs_dim if self.opts.critic_input == "state_obs" else 0)
         n_dec = 0
         if self.opts.distill_envs > 0:  # whole envs, at least one for each policy
             if self.B < 2:
@@ -157,7 +158,7 @@ class TADPPO(RecurrentPPOBase):
             # DAgger envs: the decentralized policy acts (its log-probs and values are masked out of PPO).
             own = sample_actions(masked_logits(logits_e_BNA, avail_BNA), self.generator)
             actions_BN = torch.where(self._dec_rows[:, None], own, actions_BN)
-        values_BN = self.critic(state_BS, actions_BN) if mode == "sample" else torch.zeros_like(logp_BN)
+        values_BN = self.critic(state_BS, actions_BN, obs_BNO) if mode == "sample" else torch.zeros_like(logp_BN)
         return actions_BN, logp_BN, values_BN, h_BNH
 
     def _decide_in_order(
@@ -175,8 +176,8 @@ class TADPPO(RecurrentPPOBase):
             logp_BN[:, i] = torch.log_softmax(logits_BA, -1).gather(-1, a_B[:, None]).squeeze(-1)
         return actions_BN, logp_BN
 
-    def _bootstrap_values(self, state_BS: torch.Tensor) -> torch.Tensor:
-        return self.critic.first_value(state_BS)[:, None].expand(-1, self.N)
+    def _bootstrap_values(self, state_BS: torch.Tensor, obs_BNO: torch.Tensor) -> torch.Tensor:
+        return self.critic.first_value(state_BS, obs_BNO)[:, None].expand(-1, self.N)
 
     def _update(self, ro: Rollout) -> dict[str, float]:
         opts, (T, B, N) = self.opts, ro.actions.shape
@@ -217,7 +218,8 @@ class TADPPO(RecurrentPPOBase):
                 distill = masked_mean(self._distill_ce(logits_e, coord.view(t_, b_, N, -1), h.detach(), mb), mb.valid)
                 # Value loss: V(s, a_<i) of every virtual step.
                 S = mb.state.shape[-1]
-                v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N)).view(t_, b_, N)
+                v_new = self.critic(mb.state.reshape(t_ * b_, S), mb.actions.reshape(t_ * b_, N),
+                                    mb.obs.reshape(t_ * b_, N, -1)).view(t_, b_, N)
                 v_loss = ppo_value_loss(v_new, mb.values_norm, target_TBN[:, idx], opts, mask)
                 loss = (pg_loss - entropy_coef * ent + opts.distill_coef * distill
                         + opts.value_loss_coef * v_loss)
