@@ -71,9 +71,12 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
     console = Console(stderr=True)
     wall_file = run_dir / "bench_wall_s.json"
     if _ended(run_dir, args.steps) is None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         earlier = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
         before = earlier.get("wall_s", 0.0)
+        # CPU seconds of this process (every thread): on a shared machine the wall time says more about the load
+        # than about the run; a cell resumed from a file written before this was recorded has none.
+        cpu_before = earlier.get("cpu_s", 0.0 if not earlier else None)
         commit = earlier.get("commit") or _commit()  # the checkout the cell started at (HEAD may move meanwhile)
         if (run_dir / "checkpoints" / "latest.pt").is_file():
             resume_run(run_dir, steps=args.steps, console=console)
@@ -84,11 +87,14 @@ def run_cell(env_id: str, algo: str, seed: int, run_dir: Path, args: argparse.Na
                 f"run.eval_interval={args.eval_interval}", f"run.eval_episodes={args.eval_episodes}",
                 "run.progress=false", *args.overrides], steps=args.steps, seed=seed, device=args.device)
             train_run(cfg, run_dir, console=console)
-        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0, "commit": commit}))
+        cpu = None if cpu_before is None else cpu_before + time.process_time() - c0
+        atomic_write_text(wall_file, json.dumps({"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu,
+                                                 "commit": commit}))
     end = _ended(run_dir, args.steps) or {}
     wall = json.loads(wall_file.read_text())
     return {"env": env_id, "algo": algo, "seed": seed, "env_steps": end.get("env_steps"),
-            "updates": end.get("updates"), "wall_s": wall["wall_s"], "commit": wall.get("commit"),
+            "updates": end.get("updates"), "wall_s": wall["wall_s"], "cpu_s": wall.get("cpu_s"),
+            "commit": wall.get("commit"),
             "curve": eval_points(run_dir), "run_dir": str(run_dir),
             "train_win_rate": train_win_rate(run_dir, args.steps - args.eval_interval)}
 
@@ -119,8 +125,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     for env_id in meta["envs"]:
         env_rows = [r for r in rows if r["env"] == env_id and "error" not in r]
         md += [f"## {env_id}", "", "| algo | seeds | final win rate | final return | final joint win rate | "
-               "training win rate, last interval | wall s per run (median) | win rate at eval points |",
-               "|---|---:|---|---:|---|---|---:|---|"]
+               "training win rate, last interval | wall s per run (median) | CPU s per run (median) | "
+               "win rate at eval points |",
+               "|---|---:|---|---:|---|---|---:|---:|---|"]
         for algo in meta["algos"]:
             cells = [r for r in env_rows if r["algo"] == algo and r["curve"]]
             if not cells:
@@ -133,6 +140,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             fin, flo, fhi = median_ci([r["curve"][-1]["win_rate"] or 0.0 for r in cells], rng)
             ret = float(np.median([r["curve"][-1]["return"] or 0.0 for r in cells]))
             wall = float(np.median([r["wall_s"] for r in cells]))
+            cpus = [r.get("cpu_s") for r in cells]
+            cpu_txt = f"{float(np.median(cpus)):.0f}" if all(c is not None for c in cpus) else "-"
             joint = [r["curve"][-1].get("joint_win_rate") for r in cells]
             joint_txt = "-"
             if all(j is not None for j in joint):  # TAD-PPO: the coordination policy (TAD-PPO-T), same episodes
@@ -144,7 +153,7 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
                 tm, tlo, thi = median_ci(train, rng)
                 train_txt = f"{tm:.2f} [{tlo:.2f}, {thi:.2f}]"
             md.append(f"| {algo} | {len(cells)} | {fin:.2f} [{flo:.2f}, {fhi:.2f}] | {ret:.2f} | {joint_txt} | "
-                      f"{train_txt} | {wall:.0f} | {'; '.join(pts)} |")
+                      f"{train_txt} | {wall:.0f} | {cpu_txt} | {'; '.join(pts)} |")
         for r in rows:
             if r["env"] == env_id and "error" in r:
                 md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | | |")

@@ -19,8 +19,9 @@ def _bench():
     return mod
 
 
-def _report(path: Path, algo: str, wins: list[float], overrides: list[str]) -> Path:
+def _report(path: Path, algo: str, wins: list[float], overrides: list[str], cpu: bool = False) -> Path:
     rows = [{"env": ENV, "algo": algo, "seed": seed, "env_steps": 1000, "updates": 3, "wall_s": 10.0 + seed,
+             **({"cpu_s": 5.0 + 2 * seed} if cpu else {}),
              "commit": "abc", "run_dir": f"/gone/{algo}/seed{seed}", "train_win_rate": w / 2,
              "curve": [{"env_steps": 500, "win_rate": 0.0, "return": 1.0, "joint_win_rate": None},
                        {"env_steps": 1000, "win_rate": w, "return": 2.0, "joint_win_rate": None}]}
@@ -33,7 +34,7 @@ def _report(path: Path, algo: str, wins: list[float], overrides: list[str]) -> P
 def test_merge_reports_finished_cells_of_earlier_reports_and_trains_nothing(tmp_path: Path) -> None:
     bench = _bench()
     a = _report(tmp_path / "a.json", "qmix", [0.5, 0.75, 1.0], [])
-    b = _report(tmp_path / "b.json", "mappo", [0.25, 0.25], [])
+    b = _report(tmp_path / "b.json", "mappo", [0.25, 0.25], [], cpu=True)
     out = tmp_path / "merged"
     argv = ["--envs", ENV, "--algos", "vdn", "--steps", "1000", "--eval-interval", "500", "--seeds", "0,1",
             "--runs", str(tmp_path / "runs"), "--out", str(out), "--merge", str(a), "--merge", str(b),
@@ -42,8 +43,9 @@ def test_merge_reports_finished_cells_of_earlier_reports_and_trains_nothing(tmp_
     assert not (tmp_path / "runs").exists()  # vdn's cells were not trained
     md = out.with_name("merged.md").read_text()
     qmix = next(line for line in md.splitlines() if line.startswith("| qmix |"))
-    assert qmix.startswith("| qmix | 3 | 0.75 [") and "| 11 |" in qmix  # median win rate, median wall s
-    assert any(line.startswith("| mappo | 2 | 0.25 [0.25, 0.25]") for line in md.splitlines())
+    assert qmix.startswith("| qmix | 3 | 0.75 [") and "| 11 | - |" in qmix  # median wall s; CPU s not recorded
+    mappo = next(line for line in md.splitlines() if line.startswith("| mappo |"))
+    assert mappo.startswith("| mappo | 2 | 0.25 [0.25, 0.25]") and "| 10 | 6 |" in mappo  # median wall s, CPU s
     assert "| vdn |" not in md
     data = json.loads(out.with_name("merged.json").read_text())
     assert data["meta"]["merged"] == [str(a), str(b)] and len(data["rows"]) == 5
