@@ -156,7 +156,7 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
                       f"{train_txt} | {wall:.0f} | {cpu_txt} | {'; '.join(pts)} |")
         for r in rows:
             if r["env"] == env_id and "error" in r:
-                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | | |")
+                md.append(f"| {r['algo']} seed {r['seed']} | error: {r['error']} | | | | | | | |")
         md.append("")
     return md
 
