@@ -24,6 +24,7 @@ import torch
 from kill_resume import kill_and_resume
 from marlctl.envs import env_spec
 from marlctl.trainer.config import load_config
+from marlctl.trainer.distributed.cluster import WORKER_NICENESS_ENV
 from marlctl.trainer.distributed.errors import VersionMismatchError, WorkerError
 from marlctl.trainer.run import TrainingRun
 from marlctl.trainer.train_metrics import TrainMetrics
@@ -47,9 +48,14 @@ QTRAN = ["env.num_envs=32", "learner.updates_per_iteration=8", "run.eval_interva
 def cluster():
     from ray.cluster_utils import Cluster
 
+    # Workers at niceness 0, as `--ray local` starts them: at Ray's default 15 the other test worker's
+    # torch threads starved this module's rollout workers (its fault tests took 5-25x their time alone).
+    # Only while the nodes start (their raylets keep it): test_ray_local_... must not inherit it.
     node = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
-    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    c.add_node(**node)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(WORKER_NICENESS_ENV, "0")
+        c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        c.add_node(**node)
     ray.init(address=c.address, log_to_driver=False, logging_level=logging.WARNING)
     yield c
     ray.shutdown()
