@@ -2,7 +2,7 @@
 # test.sh - set everything up (idempotent), then run the whole pytest suite.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envs`). The test modules run in parallel, one
 # module per worker process (pytest-xdist, --dist loadfile: a module's fixtures are built once; modules with
-# slow tests first, see tests/conftest.py). Workers: the number of cores, at most 4, or MARLCTL_TEST_WORKERS
+# the long modules first, see tests/conftest.py). Workers: the number of cores, at most 4, or MARLCTL_TEST_WORKERS
 # (0 = everything in this process).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

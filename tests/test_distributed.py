@@ -34,7 +34,7 @@ from rich.console import Console
 ray = pytest.importorskip("ray")
 
 QUIET = Console(quiet=True)
-# A slow module: scheduled first (tests/conftest.py), so under pytest-xdist its Ray head starts in a fresh worker
+# Scheduled first of all (tests/conftest.py, FIRST), so under pytest-xdist its Ray head starts in a fresh worker
 # process. Seen once in a worker that had run other modules first (gRPC threads live in it): the head's GCS
 # server wrote no log and no port file within Ray's 30 s.
 pytestmark = pytest.mark.slow

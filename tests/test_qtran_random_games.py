@@ -7,7 +7,9 @@ generated here (``random_payoff``: entries U[0, 1)). Cells run two at a time in 
 (``trainer.matrix_runs``). The 50-game check does not fit CI (100 cells of 77-95 CPU-s each): it is
 ``bench/paper_qtran.py --experiment random`` (results in ``bench/results/paper_qtran_random.md``; target
 >= 95% of games for each variant). CI trains a seeded subset at the same settings: game 0 of the
-benchmark's family and the two-peak game, both variants (four cells, about 340 CPU-s on two workers).
+benchmark's family with QTRAN-alt (the variant that reached the optimum of only about half of these games
+before the L_nopt_min fix; QTRAN-base's random games are the benchmark's, and Table 1 and the two-peak game
+train it here), and the two-peak game with both variants: three cells, about 260 CPU-s on two workers.
 Before the L_nopt_min fix QTRAN-alt ended at (5, 12), payoff 1, on the two-peak game.
 """
 from __future__ import annotations
@@ -28,9 +30,9 @@ def test_random_payoff_is_uniform_and_seeded() -> None:
 
 
 @pytest.mark.slow
-def test_qtran_alt_and_base_reach_the_optimum_of_random_3x3_games() -> None:
-    cells = [Cell(algo=algo, name=f"random_{g}", steps=STEPS, seed=g, payoff=payoff_tuple(random_payoff(g)))
-             for g in range(CI_GAMES) for algo in ("qtran-alt", "qtran-base")]
+def test_qtran_alt_reaches_the_optimum_of_a_random_3x3_game() -> None:
+    cells = [Cell(algo="qtran-alt", name=f"random_{g}", steps=STEPS, seed=g, payoff=payoff_tuple(random_payoff(g)))
+             for g in range(CI_GAMES)]
     results = run_cells(cells, workers=2)
     missed = [(r.algo, r.name, r.greedy, r.optimum, round(r.top_gap, 4)) for r in results if not r.reached]
     assert not missed, f"greedy joint action missed the optimum: {missed}"
