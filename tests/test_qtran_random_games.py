@@ -9,7 +9,7 @@ generated here (``random_payoff``: entries U[0, 1)). Cells run two at a time in 
 >= 95% of games for each variant). CI trains a seeded subset at the same settings: game 0 of the
 benchmark's family with QTRAN-alt (the variant that reached the optimum of only about half of these games
 before the L_nopt_min fix; QTRAN-base's random games are the benchmark's, and Table 1 and the two-peak game
-train it here), and the two-peak game with both variants: three cells, about 260 CPU-s on two workers.
+train it here), and the two-peak game with both variants: three cells of about 100 CPU-s each.
 Before the L_nopt_min fix QTRAN-alt ended at (5, 12), payoff 1, on the two-peak game.
 """
 from __future__ import annotations
