@@ -49,7 +49,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     # Workers at niceness 0, as `--ray local` starts them: at Ray's default 15 the other test worker's
-    # torch threads starved this module's rollout workers (its fault tests took 5-25x their time alone).
+    # torch threads starved this module's rollout workers (its fault tests took 10-30x their time alone).
     # Only while the nodes start (their raylets keep it): test_ray_local_... must not inherit it.
     node = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
     with pytest.MonkeyPatch.context() as env:
