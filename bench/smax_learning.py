@@ -6,7 +6,8 @@ back, one with a checkpoint is resumed, the rest start fresh - rerunning the sam
 The report gives, per algorithm and eval point, the median win rate over seeds with a 95% bootstrap interval
 (resampling seeds; with 3 seeds it is coarse), the final median, and the wall time per run. ``--merge`` adds the
 cells of an earlier report whose run dirs are gone (same budget and settings, checked); ``--report-only`` trains
-nothing and reports what has finished.
+nothing and reports what has finished. Rewriting a report keeps what follows its ``## Notes`` heading (the
+analysis written by hand under the generated tables) unchanged at the end of the new one.
 
     python bench/smax_learning.py --envs "smax:3m,smac=1" --steps 200000 --seeds 0,1,2 \\
         --out bench/results/smax_learning_3m_200k
@@ -204,6 +205,19 @@ def _commit() -> str:
     return p.stdout.strip() if p.returncode == 0 else "unknown"
 
 
+NOTES_HEADING = "## Notes"
+
+
+def kept_notes(md_path: Path) -> list[str]:
+    """The lines of an existing report from its first ``## Notes`` heading on (``[]`` if none), so that
+    regenerating the tables, e.g. with ``--report-only`` once more seeds have finished, keeps the analysis."""
+    if not md_path.is_file():
+        return []
+    lines = md_path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(NOTES_HEADING)), None)
+    return [] if start is None else lines[start:]
+
+
 def main(argv: list[str] | None = None) -> int:
     from marlctl.trainer.plot import plot_curves
     from marlctl.trainer.registry import ALGORITHMS
@@ -269,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             "merged": args.merge,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     md = report(rows, meta)
+    notes = kept_notes(out.with_name(out.name + ".md"))
+    if notes:
+        md += ["", *notes] if md[-1] else notes
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     ok = [r for r in rows if "error" not in r]

@@ -72,3 +72,21 @@ def test_merge_refuses_a_report_with_other_settings(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert "not comparable" in err and "algo.distill_target=greedy" in err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_rewriting_a_report_keeps_its_notes_and_updates_its_tables(tmp_path: Path) -> None:
+    """The analysis written under ``## Notes`` survives a ``--report-only`` rerun once more seeds are in, once."""
+    bench = _bench()
+    out = tmp_path / "r"
+    argv = ["--envs", ENV, "--algos", "qmix", "--steps", "1000", "--eval-interval", "500", "--seeds", "0,1,2",
+            "--runs", str(tmp_path / "runs"), "--out", str(out), "--report-only"]
+    assert bench.main([*argv, "--merge", str(_report(tmp_path / "one.json", "qmix", [0.5], []))]) == 0
+    md_path = out.with_name("r.md")
+    notes = "## Notes (by hand)\n\n- seed 0 only: a lead, not a result.\n"
+    md_path.write_text(md_path.read_text() + "\n" + notes)
+    assert bench.main([*argv, "--merge", str(_report(tmp_path / "three.json", "qmix", [0.5, 1.0, 1.0], []))]) == 0
+    md = md_path.read_text()
+    assert "| qmix | 3 | 1.00 [" in md and "| qmix | 1 |" not in md  # the tables are the new ones
+    assert md.count("## Notes") == 1 and md.endswith(notes)  # the notes are kept, once, at the end
+    assert bench.main(argv + ["--merge", str(tmp_path / "three.json")]) == 0
+    assert md_path.read_text() == md  # rewriting again changes nothing
