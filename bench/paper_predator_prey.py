@@ -16,6 +16,10 @@ only rewrites JSON + Markdown + PNG from the finished cells. Budgets are far bel
 steps) and are stated in the output.
 
     nice -n 10 .venv/bin/python bench/paper_predator_prey.py --parts qtran --steps 60000 --seeds 0 1 2 --tag _fig4
+
+``--reach 1`` plays the QTRAN game's other reading of "catching" (a prey adjacent in a cardinal direction, not
+anywhere in line within the view; ``predator_prey_qtran:reach=1``). Each setting's table also gives uniform
+random play's return and catches, measured on the same game.
 """
 from __future__ import annotations
 
@@ -51,13 +55,18 @@ def common(part: str, steps: int) -> list[str]:
             "learner.target_update_episodes=40", "exploration.epsilon_finish=0.1", "optim.optimizer=adam", *shared]
 
 
-def experiments(punishments: tuple[float, ...], algos: tuple[str, ...]) -> list[dict]:
+def qtran_env(p: float, reach: int) -> str:
+    """The QTRAN game at penalty P; ``reach`` 0 = the game's default (in line within the view)."""
+    return QTRAN_ENV.format(p=p) + (f",reach={reach}" if reach else "")
+
+
+def experiments(punishments: tuple[float, ...], algos: tuple[str, ...], reach: int = 0) -> list[dict]:
     """(part, setting label, env id, algo, extra overrides) of every experiment."""
     out = []
     for p in punishments:
         for algo in algos:
-            out.append({"part": "qtran", "setting": f"N=2, 5x5, P={p}", "punishment": p, "env_id": QTRAN_ENV.format(p=p),
-                        "algo": algo, "overrides": []})
+            out.append({"part": "qtran", "setting": f"N=2, 5x5, P={p}" + (f", reach {reach}" if reach else ""),
+                        "punishment": p, "env_id": qtran_env(p, reach), "algo": algo, "overrides": []})
     for algo in ("remix", "qmix", "ow-qmix"):
         extra = ["learner.td_lambda=0.6"] + (["algo.alpha=0.1"] if algo == "ow-qmix" else [])
         out.append({"part": "remix", "setting": "N=4, 2 prey, 7x7, p=-1.5", "punishment": 1.5,
@@ -141,6 +150,21 @@ def load_cells(cells_dir: Path, exps: list[dict], steps: int) -> list[dict]:
         if (r["env_id"], r["algo"]) in order and r["steps"] == steps:
             found.append(r)
     return sorted(found, key=lambda r: (order.index((r["env_id"], r["algo"])), r["seed"]))
+
+
+def random_play(env_id: str, episodes: int = 256, seed: int = 0) -> dict[str, float]:
+    """Uniform random available actions on ``env_id``: mean return and joint catches (score) per episode."""
+    from marlctl.envs import make_batched_env
+    from marlctl.envs.vector import random_actions
+
+    env = make_batched_env(env_id, episodes)
+    step, rng = env.reset(seed), np.random.default_rng(seed)
+    total = np.zeros(episodes)
+    while True:
+        step = env.step(random_actions(step.avail, rng))
+        total += step.reward
+        if (step.terminated | step.truncated).all():
+            return {"return": float(total.mean()), "joint": float(np.mean(step.score))}
 
 
 def _lone(ret: float, score: float, p: float, reward: float) -> float:
@@ -241,17 +265,23 @@ def markdown(meta: dict, summary: dict, results: list[dict]) -> str:
         f"{len(results)} finished cells, {meta['cell_wall_s'] / 60:.1f} min of run wall time in all on "
         f"{meta['machine']}. Command: `{meta['command']}`.", "",
         "Game (QTRAN §4, App. C.1): `predator_prey_qtran` - a prey in a cardinal direction of a predator within "
-        "its 5x5 view is caught; +1 when two or more catch it at once (it regenerates), -P for each prey only one "
+        "its 5x5 view is caught" + (f" (here `reach={meta['reach']}`: at most {meta['reach']} cell(s) away)"
+                                    if meta.get("reach") else "") + "; +1 when two or more catch it at once (it regenerates), -P for each prey only one "
         "catches; fixed 100 steps. Trainer: the family's packaged settings (feed-forward agents, three hidden "
         "layers of 64, Adam, epsilon 1 -> 0.1, `trainer/configs/env/predator_prey_qtran.toml`) plus: "
         + ", ".join(f"`{o}`" for o in meta["common"]["qtran"]) + ".", "",
         "Greedy evaluation (16 episodes per point). `last 3` = mean of the last three evaluation points "
         "(mean over seeds); `joint` / `lone` = catches per episode at the final evaluation (lone from "
-        "return = joint - P * lone). Random play scores about -29 (P=1), -46 (P=1.5) with ~3.3 joint catches.", "",
+        "return = joint - P * lone). `random play`: uniform random available actions, 256 episodes.", "",
         "| setting | algorithm | seeds | final return (mean ± std) | last 3 | best | joint | lone | commit |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, algos in summary.items():
+        rnd = meta.get("random_play", {}).get(setting)
+        if rnd is not None:
+            lone = _lone(rnd["return"], rnd["joint"], rnd["punishment"], 1.0)
+            lines.append(f"| {setting} | random play | - | {rnd['return']:.1f} | - | - | {rnd['joint']:.2f} | "
+                         f"{lone:.2f} | - |")
         for algo, d in algos.items():
             lines.append(f"| {setting} | {algo} | {d['n']} | {d['final_mean']:.1f} ± {d['final_std']:.1f} | "
                          f"{d['last3_mean']:.1f} | {d['best_mean']:.1f} | {d['joint_mean']:.2f} | {d['lone_mean']:.2f}"
@@ -275,11 +305,13 @@ def main() -> None:
     p.add_argument("--shard", default="0/1", help="I/N: run only cells I, I+N, I+2N, ... (one process per core)")
     p.add_argument("--rebuild", action="store_true", help="only rewrite the outputs from the finished cells")
     p.add_argument("--note", action="append", default=[], help="a line for the Markdown's notes (repeatable)")
+    p.add_argument("--reach", type=int, default=0,
+                   help="catching reach of the QTRAN game: 1 = adjacent prey only; 0 = its default, in line in view")
     args = p.parse_args()
     name = f"paper_predator_prey{args.tag}"
     cells_dir = args.out / name / "cells"
     workdir = args.workdir or args.out / "tmp" / name
-    exps = [e for e in experiments(tuple(args.punishments), tuple(args.algos)) if e["part"] in args.parts]
+    exps = [e for e in experiments(tuple(args.punishments), tuple(args.algos), args.reach) if e["part"] in args.parts]
     if not args.rebuild:
         index, count = (int(x) for x in args.shard.split("/"))
         cells = [(e, s) for s in args.seeds for e in exps]  # seed-major: a cut-short run still covers every setting
@@ -300,8 +332,11 @@ def main() -> None:
             "machine": f"{os.cpu_count()} CPU cores shared with other work, CPU torch",
             "command": f"python bench/paper_predator_prey.py --parts {' '.join(args.parts)} --steps {args.steps} "
                        f"--seeds {' '.join(map(str, args.seeds))} --punishments {' '.join(map(str, args.punishments))}"
-                       f" --algos {' '.join(args.algos)}" + (f" --tag {args.tag}" if args.tag else ""),
-            "png": f"{name}.png", "notes": args.note}
+                       f" --algos {' '.join(args.algos)}" + (f" --reach {args.reach}" if args.reach else "")
+                       + (f" --tag {args.tag}" if args.tag else ""),
+            "png": f"{name}.png", "notes": args.note, "reach": args.reach,
+            "random_play": {e["setting"]: {**random_play(e["env_id"]), "punishment": e["punishment"]}
+                            for e in exps if e["part"] == "qtran" and e["algo"] == args.algos[0]}}
     atomic_write_text(args.out / f"{name}.json", json.dumps({"meta": meta, "summary": summary, "runs": results},
                                                             indent=1))
     plot(results, args.out / f"{name}.png")

@@ -5,7 +5,9 @@ The rules of the QTRAN paper, on the board, moves and views of ``predator_prey``
 - five actions: up, down, left, right, stay (no ``catch`` action); moving off the board or into
   an occupied cell is unavailable;
 - a predator "catches" a prey that lies in one of its four cardinal directions (same row or
-  same column) within its ``view x view`` window, i.e. at most ``view // 2`` cells away;
+  same column) within its ``view x view`` window, i.e. at most ``view // 2`` cells away. The paper's
+  words ("the prey is within the cardinal direction of at least one predator") also read as
+  adjacency; ``reach=1`` plays that reading (a prey one cell up, down, left or right);
 - after the predators move, each prey caught by two or more predators at once pays the team
   ``reward`` (1) and regenerates at a uniformly random free cell; each prey caught by exactly one
   predator costs ``-punishment`` (the paper's P, run at 0.5, 1.0, 1.5); then every prey picks one
@@ -42,7 +44,9 @@ FAMILY = EnvFamily(
         ("agents", "predators (2; the paper's 7x7 setting: 4)"),
         ("prey", "prey (1; 7x7 setting: 2)"),
         ("grid", "board side (5; 7x7 setting: 7)"),
-        ("view", "odd side of each predator's view window; catching reach = view // 2 (5)"),
+        ("view", "odd side of each predator's view window (5)"),
+        ("reach", "cells along a row or column within which a predator catches: 1 = adjacent only; "
+                  "0 = as far as it sees, view // 2 (0)"),
         ("punishment", "penalty P >= 0 per prey caught by one predator alone (1.0; the paper runs 0.5, 1.0, 1.5)"),
         ("reward", "team reward per prey caught by two or more at once (1)"),
         ("limit", "fixed episode length in steps (100)"),
@@ -62,9 +66,14 @@ class QtranPredatorPreyConfig(PredatorPreyConfig):
     punishment: float = 1.0
     reward: float = 1.0
     limit: int = 100
+    reach: int = 0
+    """Catching distance along a row or column; 0 = ``view // 2`` (every prey in line that the predator sees)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.reach <= self.view // 2:
+            raise EnvOptionError(f"{self.family}: reach must be 0 (= view // 2) or 1..{self.view // 2} (a predator "
+                                 f"catches only what its {self.view}x{self.view} view holds), got {self.reach}")
         if self.agents + self.prey >= self.grid * self.grid:
             raise EnvOptionError(f"{self.family}: agents + prey ({self.agents + self.prey}) must leave a free cell on "
                                  f"the {self.grid}x{self.grid} grid for a caught prey to regenerate")
@@ -80,10 +89,10 @@ class QtranPredatorPreyGame(PredatorPreyGame):
         )
 
     def catchers(self) -> np.ndarray:
-        """``[B, N, P]`` bool: prey p lies in a cardinal direction of predator n, within its view."""
+        """``[B, N, P]`` bool: prey p lies in a cardinal direction of predator n, at most ``reach`` cells away."""
         d_BNP2 = self.apos_BN2[:, :, None, :] - self.ppos_BP2[:, None, :, :]
         in_line = (d_BNP2 == 0).any(axis=-1)
-        return in_line & (np.abs(d_BNP2).sum(axis=-1) <= self.cfg.view // 2)
+        return in_line & (np.abs(d_BNP2).sum(axis=-1) <= (self.cfg.reach or self.cfg.view // 2))
 
     def _regenerate(self, caught_BP: np.ndarray, occ: np.ndarray) -> None:
         """Each caught prey jumps to a uniformly random cell free of every piece (``occ`` updated in place)."""

@@ -80,6 +80,17 @@ def test_catching_is_a_cardinal_direction_within_the_view() -> None:
     assert _stay(narrow).reward[0] == 0.0
 
 
+def test_reach_1_catches_adjacent_prey_only() -> None:
+    """The adjacency reading of "within the cardinal direction": two cells away in line is no catch, even in view."""
+    two_away = _board([(3, 1), (1, 3)], [(3, 3)], grid=7, reach=1)
+    assert _stay(two_away).reward[0] == 0.0
+    adjacent = _board([(3, 2), (2, 3)], [(3, 3)], grid=7, reach=1, punishment=1.5)
+    assert _stay(adjacent).reward[0] == 1.0
+    lone = _board([(3, 2), (1, 3)], [(3, 3)], grid=7, reach=1, punishment=1.5)  # predator 1 two cells above
+    assert _stay(lone).reward[0] == -1.5
+    assert env_spec("predator_prey_qtran:reach=1").obs_dim == env_spec("predator_prey_qtran").obs_dim  # same view
+
+
 def test_catches_count_after_the_predators_move_and_per_prey() -> None:
     # Predator 0 steps into prey 0's row; predator 1 was already in its column: a joint catch. Prey 1 at (6,6)
     # is in line with predator 2 only: a lone catch. Predator 3 is far from both.
@@ -128,6 +139,8 @@ def test_the_7x7_setting_batched_equals_single() -> None:
     ("predator_prey_qtran:agents=23,prey=2", "must leave a free cell"),
     ("predator_prey_qtran:catch=1", "valid options: agents"),
     ("predator_prey_qtran:view=4", "predator_prey_qtran: view must be an odd number"),
+    ("predator_prey_qtran:reach=3", r"reach must be 0 \(= view // 2\) or 1..2"),
+    ("predator_prey_qtran:reach=-1", "reach must be 0"),
 ])
 def test_bad_options_name_what_is_valid(env_id: str, says: str) -> None:
     with pytest.raises(EnvOptionError, match=says):
