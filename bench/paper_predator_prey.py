@@ -217,7 +217,7 @@ def verdict(summary: dict) -> list[str]:
     for q, gs in gaps.items():
         above = all(g > 0 for _, g in gs)
         growing = all(b > a for (_, a), (_, b) in zip(gs, gs[1:], strict=False)) if len(gs) > 1 else None
-        lines.append(f"- {q} minus the better of VDN/QMIX: " + ", ".join(f"{s.split(', ')[-1]} {g:+.1f}" for s, g in gs)
+        lines.append(f"- {q} minus the better of VDN/QMIX: " + ", ".join(f"{next(x for x in s.split(', ') if x.startswith('P='))} {g:+.1f}" for s, g in gs)
                      + f" -> above both at every P: {'yes' if above else 'no'}; gap growing with P: "
                      f"{'n/a' if growing is None else 'yes' if growing else 'no'}")
     return lines
