@@ -181,7 +181,8 @@ def summarize(results: list[dict]) -> dict[str, dict[str, dict]]:
         score = r["curve"][-1][2] or 0.0
         reward = 1.0 if r["part"] == "qtran" else 10.0
         d = table.setdefault(r["setting"], {}).setdefault(
-            r["algo"], {"final": [], "last3": [], "best": [], "joint": [], "lone": [], "seeds": [], "commits": []})
+            r["algo"], {"punishment": r["punishment"], "final": [], "last3": [], "best": [], "joint": [], "lone": [],
+                        "seeds": [], "commits": []})
         d["final"].append(ys[-1])
         d["last3"].append(float(np.mean(ys[-3:])))
         d["best"].append(max(ys))
@@ -193,7 +194,7 @@ def summarize(results: list[dict]) -> dict[str, dict[str, dict]]:
     for s, algos in table.items():
         out[s] = {}
         for a, d in algos.items():
-            out[s][a] = {"n": len(d["final"]), "final_mean": float(np.mean(d["final"])),
+            out[s][a] = {"n": len(d["final"]), "punishment": d["punishment"], "final_mean": float(np.mean(d["final"])),
                          "final_std": float(np.std(d["final"])), "final_per_seed": d["final"],
                          "last3_mean": float(np.mean(d["last3"])), "best_mean": float(np.mean(d["best"])),
                          "joint_mean": float(np.mean(d["joint"])), "lone_mean": float(np.mean(d["lone"])),
@@ -211,13 +212,13 @@ def verdict(summary: dict) -> list[str]:
         for q in ("qtran-base", "qtran-alt"):
             if q in algos and base is not None:
                 gap = algos[q]["last3_mean"] - base
-                gaps.setdefault(q, []).append((setting, gap))
+                gaps.setdefault(q, []).append((algos[q]["punishment"], gap))
         ranked = sorted(algos, key=lambda a: -algos[a]["last3_mean"])
         lines.append(f"- {setting}: " + " > ".join(f"{a} ({algos[a]['last3_mean']:.1f})" for a in ranked))
     for q, gs in gaps.items():
         above = all(g > 0 for _, g in gs)
         growing = all(b > a for (_, a), (_, b) in zip(gs, gs[1:], strict=False)) if len(gs) > 1 else None
-        lines.append(f"- {q} minus the better of VDN/QMIX: " + ", ".join(f"{next(x for x in s.split(', ') if x.startswith('P='))} {g:+.1f}" for s, g in gs)
+        lines.append(f"- {q} minus the better of VDN/QMIX: " + ", ".join(f"P={p} {g:+.1f}" for p, g in gs)
                      + f" -> above both at every P: {'yes' if above else 'no'}; gap growing with P: "
                      f"{'n/a' if growing is None else 'yes' if growing else 'no'}")
     return lines
@@ -335,8 +336,8 @@ def main() -> None:
                        f" --algos {' '.join(args.algos)}" + (f" --reach {args.reach}" if args.reach else "")
                        + (f" --tag {args.tag}" if args.tag else ""),
             "png": f"{name}.png", "notes": args.note, "reach": args.reach,
-            "random_play": {e["setting"]: {**random_play(e["env_id"]), "punishment": e["punishment"]}
-                            for e in exps if e["part"] == "qtran" and e["algo"] == args.algos[0]}}
+            "random_play": {setting: {**random_play(e["env_id"]), "punishment": e["punishment"]}
+                            for setting, e in {e["setting"]: e for e in exps if e["part"] == "qtran"}.items()}}
     atomic_write_text(args.out / f"{name}.json", json.dumps({"meta": meta, "summary": summary, "runs": results},
                                                             indent=1))
     plot(results, args.out / f"{name}.png")

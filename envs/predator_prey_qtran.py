@@ -69,6 +69,11 @@ class QtranPredatorPreyConfig(PredatorPreyConfig):
     reach: int = 0
     """Catching distance along a row or column; 0 = ``view // 2`` (every prey in line that the predator sees)."""
 
+    @property
+    def catch_reach(self) -> int:
+        """Cells along a row or column within which a predator catches: ``reach``, or ``view // 2`` when 0."""
+        return self.reach or self.view // 2
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.reach <= self.view // 2:
@@ -92,7 +97,7 @@ class QtranPredatorPreyGame(PredatorPreyGame):
         """``[B, N, P]`` bool: prey p lies in a cardinal direction of predator n, at most ``reach`` cells away."""
         d_BNP2 = self.apos_BN2[:, :, None, :] - self.ppos_BP2[:, None, :, :]
         in_line = (d_BNP2 == 0).any(axis=-1)
-        return in_line & (np.abs(d_BNP2).sum(axis=-1) <= (self.cfg.reach or self.cfg.view // 2))
+        return in_line & (np.abs(d_BNP2).sum(axis=-1) <= self.cfg.catch_reach)
 
     def _regenerate(self, caught_BP: np.ndarray, occ: np.ndarray) -> None:
         """Each caught prey jumps to a uniformly random cell free of every piece (``occ`` updated in place)."""
