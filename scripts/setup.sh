@@ -47,7 +47,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY_BOOT" -m venv "$VENV"
 fi
 export PATH="$VENV/bin:$PATH"   # gfootball's build script calls `python3`
-PIP=(python -m pip install --disable-pip-version-check -q)
+# --no-compile: pip would byte-compile every module of every package at install time (about half of this
+# script's time on a fresh clone: 101 s instead of 216 s on 2 cores, Dec 2026); Python compiles and caches
+# only the modules that are imported, on first import (a few seconds for what marlctl and its tests load).
+PIP=(python -m pip install --disable-pip-version-check -q --no-compile)
 
 stamp="$VENV/.marlctl-setup.sha256"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"

@@ -286,8 +286,13 @@ class RecurrentPPOBase:
         self.critic_optim.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.optim.grad_clip
-        gn_a = nn.utils.clip_grad_norm_(self.actor.parameters(), clip if clip > 0 else math.inf)
-        gn_c = nn.utils.clip_grad_norm_(self.critic.parameters(), clip if clip > 0 else math.inf)
+        limit = clip if clip > 0 else math.inf
+        # Each optimizer's own parameter list (no module walk per step) and the multi-tensor norm: on the CPU the
+        # default per-tensor loop was a fifth of a didactic game's optimizer step.
+        gn_a = nn.utils.clip_grad_norm_([p for g in self.actor_optim.param_groups for p in g["params"]], limit,
+                                        foreach=True)
+        gn_c = nn.utils.clip_grad_norm_([p for g in self.critic_optim.param_groups for p in g["params"]], limit,
+                                        foreach=True)
         self.actor_optim.step()
         self.critic_optim.step()
         self.optimizer_steps += 1
