@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from marlctl.agents.files import atomic_write_text
+from marlctl.envs.vector import random_actions
 
 BASELINE = "jaxmarl bare vmapped smax 3m"
 
@@ -58,11 +59,6 @@ def cases(quick: bool) -> list[Case]:
 
 
 
-def random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
-    """A random available action per agent: avail ``[..., N, A]`` -> ``[..., N]``."""
-    return np.argmax(rng.random(avail.shape) * avail, axis=-1)
-
-
 def measure_case(case: Case, repeats: int, warmup: int) -> dict[str, Any]:
     from marlctl.envs import make_batched_env, make_env
 
@@ -77,7 +73,7 @@ def measure_case(case: Case, repeats: int, warmup: int) -> dict[str, Any]:
         def run(n: int) -> None:
             nonlocal ts
             for _ in range(n):
-                ts = env.step(random_actions(rng, ts.avail))
+                ts = env.step(random_actions(ts.avail, rng))
                 if single and ts.done:
                     ts = env.reset(None)
 

@@ -9,6 +9,7 @@ import pytest
 from marlctl.envs import smax
 from marlctl.envs.base import BatchedEnv, Env
 from marlctl.envs.errors import EnvOptionError, EpisodeOverError, InvalidActionError, UnknownEnvError
+from marlctl.envs.vector import random_actions
 
 pytest.importorskip("jaxmarl")
 
@@ -16,11 +17,6 @@ pytest.importorskip("jaxmarl")
 @pytest.fixture(scope="module")
 def core3m() -> smax.SmaxCore:
     return smax.SmaxCore(smax.parse_config("3m", {}))
-
-
-def random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
-    """A uniformly random available action per agent; avail ``[..., N, A]`` -> ``[..., N]``."""
-    return np.argmax(rng.random(avail.shape) * avail, axis=-1)
 
 
 def focus_fire(avail_NA: np.ndarray) -> np.ndarray:
@@ -50,7 +46,7 @@ def test_every_smax_map_resets_and_steps_batched(map_name: str) -> None:
     assert spec.n_actions == 5 + env.core.n_enemies and len(spec.action_names) == spec.n_actions
     rng = np.random.default_rng(0)
     for _ in range(2):
-        b = env.step(random_actions(rng, b.avail))
+        b = env.step(random_actions(b.avail, rng))
         assert np.isfinite(b.obs).all() and np.isfinite(b.state).all() and np.isfinite(b.reward).all()
         assert b.reward.shape == b.won.shape == b.terminated.shape == (2,)
     assert not np.array_equal(b.obs[0], b.obs[1]), "envs (seed, 0) and (seed, 1) must differ"
@@ -65,7 +61,7 @@ def test_same_seed_same_episode_and_other_seed_differs(core3m: smax.SmaxCore) ->
         ts = env.reset(seed)
         frames = [np.concatenate([ts.obs.ravel(), ts.state])]
         while not ts.done:
-            ts = env.step(random_actions(rng, ts.avail))
+            ts = env.step(random_actions(ts.avail, rng))
             frames.append(np.concatenate([ts.obs.ravel(), ts.state, [ts.reward]]))
         return frames
 
@@ -87,7 +83,7 @@ def test_batched_env_b_replays_single_env_stream_across_auto_reset(core3m: smax.
     rng = np.random.default_rng(2)
     resets = 0
     for _ in range(steps):
-        acts = random_actions(rng, bs.avail)
+        acts = random_actions(bs.avail, rng)
         bs = batched.step(acts)
         for b, s in enumerate(singles):
             t = s.step(acts[b])

@@ -169,7 +169,8 @@ class QtranBaseLearner(QtranLearner):
         c: QtranConfig = self.algo_cfg
         t, mean = self.terms(batch), self.mean
         q_jt_BT, v_jt_BT = self.joint(t.h, t.u, t.state, batch=batch)
-        q_jt_hat_opt_BT = self.joint(t.h, t.u_bar, t.state, batch=batch)[0].detach()  # Q^_jt(tau, u_bar): not learned here
+        with torch.no_grad():  # Q^_jt(tau, u_bar): not learned here
+            q_jt_hat_opt_BT = self.joint(t.h, t.u_bar, t.state, batch=batch)[0]
 
         # ---- L_td: Q_jt regressed onto y_dqn ----
         L_td = mean((q_jt_BT - t.y_dqn).pow(2), batch)
@@ -205,7 +206,8 @@ class QtranAltLearner(QtranLearner):
         t, mean = self.terms(batch), self.mean
         q_cf_BTNA, v_jt_BT = self.joint(t.h, t.u, t.state, batch=batch)  # Q_jt(tau, ., u_-i) for every agent i
         q_jt_BTN = self.heads_at(q_cf_BTNA, t.u)  # each head at u
-        q_jt_hat_opt_BTN = self.heads_at(self.joint(t.h, t.u_bar, t.state, batch=batch)[0], t.u_bar).detach()  # Q^_jt(tau, u_bar)
+        with torch.no_grad():  # Q^_jt(tau, u_bar): not learned here
+            q_jt_hat_opt_BTN = self.heads_at(self.joint(t.h, t.u_bar, t.state, batch=batch)[0], t.u_bar)
 
         # ---- L_td: every agent's counterfactual head regressed onto y_dqn ----
         L_td = mean((q_jt_BTN - t.y_dqn.unsqueeze(-1)).pow(2).mean(-1), batch)
