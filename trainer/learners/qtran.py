@@ -126,12 +126,15 @@ class QtranLearner(ValueLearner):
         q_BTNA, h_BTNH = self.agent_features(batch)  # Q_i and h_i over T+1 steps
         q_now, avail_now, u = q_BTNA[:, :T], batch.avail[:, :T], batch.actions
         u_bar = masked_greedy(q_now.detach(), avail_now)
-        with torch.no_grad():  # y_dqn = r + gamma Q_jt(tau', u_bar'; theta^-), u_bar' = argmax_i Q_i(tau'_i; theta^-)
+
+        def q_jt_next() -> torch.Tensor:  # y_dqn = r + gamma Q_jt(tau', u_bar'; theta^-), u_bar' = argmax_i Q_i(tau'_i)
             target_q_BTNA, target_h_BTNH = self.agent_features(batch, target=True)
             _, u_bar_next = self.next_agent_values(batch, q_BTNA, target_q_BTNA)
             q_jt_next_out, _ = self.joint(target_h_BTNH[:, 1:], u_bar_next, batch.state[:, 1:], target=True,
                                           batch=batch)
-            y_dqn = self.returns(batch, self.q_jt(q_jt_next_out, u_bar_next))
+            return self.q_jt(q_jt_next_out, u_bar_next)
+
+        y_dqn = self.td_targets(batch, q_jt_next)
         q_i_taken = self.taken(q_now, u)
         return QtranTerms(q_i=q_now, h=h_BTNH[:, :T], state=batch.state[:, :T], avail=avail_now, u=u, u_bar=u_bar,
                           q_i_taken=q_i_taken, q_prime=q_i_taken.sum(-1),

@@ -22,11 +22,12 @@ class MixerLearner(ValueLearner):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         q_BTNA = self.agent_q(batch)  # [B, T+1, N, A]
         q_tot_BT = self.per_transition(self.nets["mixer"], batch, self.taken(q_BTNA, batch.actions), batch.state[:, :-1])
-        with torch.no_grad():
-            target_q_BTNA = self.agent_q(batch, target=True)
-            v_next_BTN, _ = self.next_agent_values(batch, q_BTNA, target_q_BTNA)
-            q_tot_next_BT = self.per_transition(self.targets["mixer"], batch, v_next_BTN, batch.state[:, 1:])
-            y_BT = self.returns(batch, q_tot_next_BT)
+
+        def q_tot_next() -> torch.Tensor:
+            v_next_BTN, _ = self.next_agent_values(batch, q_BTNA, self.agent_q(batch, target=True))
+            return self.per_transition(self.targets["mixer"], batch, v_next_BTN, batch.state[:, 1:])
+
+        y_BT = self.td_targets(batch, q_tot_next)
         loss_td = self.mean((q_tot_BT - y_BT) ** 2, batch)
         return loss_td, {
             "loss/td": float(loss_td.detach()),

@@ -55,12 +55,14 @@ class WQMIXLearner(ValueLearner):
     def central_target(self, batch: EpisodeBatch, q_BTNA: torch.Tensor) -> torch.Tensor:
         """``y = r + gamma Q*^-(s', u_hat')`` ``[B, T]`` (n-step / TD(lambda) per config), ``u_hat'`` = the QMIX
         agents' greedy joint action (``q_BTNA`` over ``T+1`` steps), no grad."""
-        with torch.no_grad():
+
+        def q_star_next() -> torch.Tensor:
             u_hat_next_BTN = masked_greedy(q_BTNA[:, 1:], batch.avail[:, 1:])
             target_central_BTNA = self.unroll(self.targets["central_agent"], batch)[:, 1:]
             v_next_BTN = target_central_BTNA.gather(-1, u_hat_next_BTN.unsqueeze(-1)).squeeze(-1)
-            return self.returns(batch, self.per_transition(self.targets["central"], batch, v_next_BTN,
-                                                    batch.state[:, 1:]))
+            return self.per_transition(self.targets["central"], batch, v_next_BTN, batch.state[:, 1:])
+
+        return self.td_targets(batch, q_star_next)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         opts: WQMIXOptions = self.algo_cfg
