@@ -24,6 +24,7 @@ from marlctl.serving.server import SERVICE_NAME, ServerConfig
 from serving_helpers import ServerThread, export_model, reference
 
 OBS_DIM, N_ACTIONS, MAX_EPISODES = 10, 2, 48
+IDLE_TIMEOUT_S = 5.0
 CLIENT_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.RESOURCE_EXHAUSTED}
 ROW_CODES = {0} | {c.value[0] for c in CLIENT_CODES}
@@ -151,9 +152,13 @@ class ReferenceEpisodes:
 
 @pytest.fixture(scope="module")
 def served(model_dir: Path):
-    # --obs-guard off: extreme observations reach the model, so the after-inference check is what is fuzzed
+    # --obs-guard off: extreme observations reach the model, so the after-inference check is what is fuzzed.
+    # The fuzzed unary episodes expire after IDLE_TIMEOUT_S, so the bounded table keeps taking new ones. The
+    # reference unary episode is idle only between its steps (3 ms apart); at 1 s, on 2 loaded cores (a
+    # fresh-clone CI run, Dec 2026), one gap reached the limit and the server rightly ended it.
     st_ = ServerThread(ServerConfig(model_dir=model_dir, agent_index=1, host="127.0.0.1", port=0, obs_guard="off",
-                                    max_episodes=MAX_EPISODES, idle_timeout_s=1.0, max_message_bytes=64 * 1024))
+                                    max_episodes=MAX_EPISODES, idle_timeout_s=IDLE_TIMEOUT_S,
+                                    max_message_bytes=64 * 1024))
     channel = st_.channel()
     refs = ReferenceEpisodes(model_dir, st_.channel())
     yield st_, channel
